@@ -1,0 +1,3 @@
+from mqi.cli import main
+
+main()

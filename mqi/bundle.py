@@ -1,0 +1,101 @@
+"""The bundle's manifest: the contract between the workstation and the cluster jobs.
+
+Rendering writes ``manifest.json``; the prepare job verifies its checksums, the
+simulate job maps ``SLURM_ARRAY_TASK_ID`` to a beam with it, post-processing
+reads the grid and beams from it, and the poller reads ``results/summary.json``.
+
+Layout of a bundle (paths relative to its root)::
+
+    manifest.json
+    input/                   flat DICOM dir for MOQUI (CT, RT Ion Plan, RTSTRUCT)
+    tps/                     TPS RT Dose files, kept apart from MOQUI's input
+    beams/<number>/moqui_tps.in
+    beams/<number>/output/   that beam's OutputDir (created by the engine)
+    beams/<number>/exit_code engine exit code, written by simulate.sbatch
+    beams/<number>/engine.out, engine.err
+    jobs/prepare.sbatch jobs/simulate.sbatch jobs/post.sbatch jobs/submit.sh
+    logs/                    Slurm output files
+    results/                 RT Dose files and summary.json, written by the post job
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+RESULTS_DIR = "results"
+SUMMARY_NAME = "summary.json"
+EXIT_CODE_NAME = "exit_code"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ManifestGrid(_Strict):
+    rows: int
+    columns: int
+    slices: int
+    spacing: tuple[float, float, float] = Field(description="(dx, dy, dz) in mm.")
+    origin: tuple[float, float, float] = Field(description="Centre of the first voxel (x, y, z).")
+    frame_of_reference_uid: str
+    normalised_to_int16: bool = Field(description="CT rewritten from unsigned to signed int16.")
+
+
+class ManifestBeam(_Strict):
+    array_index: int = Field(description="SLURM_ARRAY_TASK_ID of this beam's simulation task.")
+    number: int = Field(description="DICOM BeamNumber.")
+    name: str
+    dir: str = Field(description="beams/<number>")
+    meterset: float
+
+
+class Manifest(_Strict):
+    format: int = MANIFEST_FORMAT
+    case_id: str
+    case_uid: str
+    plan_uid: str
+    plan_label: str
+    fractions: int
+    family: Literal["upstream", "logbased"]
+    scorer: str
+    output_format: str
+    dose_type: Literal["PHYSICAL", "EFFECTIVE"]
+    grid: ManifestGrid
+    beams: list[ManifestBeam]
+    plan_file: str = Field(description="The RT Ion Plan inside input/.")
+    tps_doses: list[str] = Field(default_factory=list, description="TPS RT Dose files under tps/.")
+    files: dict[str, str] = Field(description="sha256 of every input file, by bundle-relative path.")
+
+    def expected_output_bytes(self) -> int:
+        """Size of one beam's raw dose volume: float64 on the CT grid."""
+        return self.grid.rows * self.grid.columns * self.grid.slices * 8
+
+    def beam(self, number: int) -> ManifestBeam:
+        for beam in self.beams:
+            if beam.number == number:
+                return beam
+        raise KeyError(f"beam {number} is not in the manifest of case {self.case_uid}")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    return Manifest.model_validate_json((bundle_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    (bundle_dir / MANIFEST_NAME).write_text(text, encoding="utf-8")
