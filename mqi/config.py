@@ -190,9 +190,7 @@ class Config(_Model):
 
     watch_dir: Path = Field(Path("~/mqi/incoming"), description="`mqi scan` looks for case folders here.")
     results_dir: Path = Field(Path("~/mqi/results"), description="Finished RT Dose files land here.")
-    state_dir: Path = Field(
-        Path("~/.local/state/mqi"), description="Database, rendered bundles and logs."
-    )
+    state_dir: Path = Field(Path("~/.local/state/mqi"), description="Database, rendered bundles and logs.")
     readiness: Readiness = Field(default_factory=Readiness)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)

@@ -1,0 +1,356 @@
+"""The only module that knows Slurm syntax: command lines, output parsers, state mapping.
+
+Everything here is pure: a backend runs the command strings through a transport
+and hands the text back. Formats are the text forms measured on Slurm 22.05
+(``--json`` is unreliable there: sacct reports exit 0 for FAILED jobs and squeue
+ignores filters). Names are ``mqi.<case_uid>.<step>``; comments ``mqi:<case_uid>``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+JOB_NAME_PREFIX = "mqi."
+STEPS = ("prepare", "simulate", "post")
+
+SACCT_FIELDS = (
+    "JobID",
+    "JobIDRaw",
+    "JobName",
+    "State",
+    "ExitCode",
+    "Submit",
+    "Start",
+    "End",
+    "Elapsed",
+    "NodeList",
+    "Reason",
+    "Comment",
+)
+# squeue -o letters for the same information; '|' never occurs in our names or comments.
+SQUEUE_FORMAT = "%i|%A|%j|%T|%r|%k|%N|%E|%V|%S"
+SACCT_CHUNK = 300
+
+
+def job_name(case_uid: str, step: str) -> str:
+    return f"{JOB_NAME_PREFIX}{case_uid}.{step}"
+
+
+def job_comment(case_uid: str) -> str:
+    return f"mqi:{case_uid}"
+
+
+def parse_job_name(name: str) -> tuple[str, str] | None:
+    """``mqi.<uid>.<step>`` -> (uid, step); None for other jobs."""
+    if not name.startswith(JOB_NAME_PREFIX):
+        return None
+    uid, _, step = name[len(JOB_NAME_PREFIX) :].rpartition(".")
+    if not uid or step not in STEPS:
+        return None
+    return uid, step
+
+
+# -- command lines -----------------------------------------------------------------
+
+
+def _slurm_time(moment: datetime) -> str:
+    """Slurm reads naive local times; we send UTC-converted-to-local explicitly."""
+    return moment.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def sacct_commands(job_ids: Iterable[str], since: datetime) -> list[str]:
+    """One sacct per chunk of ids, bounded by ``since`` (ids are recycled; without -S, sacct
+    searches from the epoch)."""
+    ids = sorted({_parent_id(job_id) for job_id in job_ids}, key=_id_sort_key)
+    start = _slurm_time(since - timedelta(minutes=5))
+    fields = ",".join(SACCT_FIELDS)
+    return [
+        f"sacct -X --parsable2 --noheader --duplicates -S {start} "
+        f"--format={fields} -j {','.join(ids[i : i + SACCT_CHUNK])}"
+        for i in range(0, len(ids), SACCT_CHUNK)
+    ]
+
+
+def sacct_by_names_command(case_uid: str, since: datetime) -> str:
+    """Jobs of one case by name (pending jobs have no comment in sacct yet)."""
+    names = ",".join(job_name(case_uid, step) for step in STEPS)
+    return (
+        f"sacct -X --parsable2 --noheader --duplicates -S {_slurm_time(since - timedelta(minutes=5))} "
+        f"--format={','.join(SACCT_FIELDS)} --name={shlex.quote(names)}"
+    )
+
+
+def squeue_command(user: str | None = None) -> str:
+    """Every live job of this user (or the login user), array tasks expanded."""
+    who = f"-u {shlex.quote(user)}" if user else '-u "$(id -un)"'
+    return f"squeue -h -t all -r {who} -o {shlex.quote(SQUEUE_FORMAT)}"
+
+
+def scancel_command(job_ids: Iterable[str]) -> str:
+    ids = sorted({_parent_id(job_id) for job_id in job_ids}, key=_id_sort_key)
+    return "scancel " + " ".join(shlex.quote(job_id) for job_id in ids)
+
+
+def scontrol_top_command(job_ids: Iterable[str]) -> str:
+    ids = ",".join(sorted({_parent_id(job_id) for job_id in job_ids}, key=_id_sort_key))
+    return f"scontrol top {shlex.quote(ids)}"
+
+
+def submit_command(bundle_dir: str, only_indices: Iterable[int] | None = None) -> str:
+    """Run a bundle's rendered submit.sh (all its sbatch calls in one round trip)."""
+    script = shlex.quote(f"{bundle_dir}/jobs/submit.sh")
+    if only_indices is None:
+        return f"bash {script}"
+    indices = ",".join(str(i) for i in sorted(set(only_indices)))
+    return f"bash {script} --only-beams {shlex.quote(indices)}"
+
+
+# -- parsers -------------------------------------------------------------------
+
+
+class SlurmOutputError(ValueError):
+    """Slurm printed something this module cannot read."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job or array task as Slurm reports it."""
+
+    job_id: str  # "123" or "123_4"
+    raw_id: str  # JobIDRaw / %A: the id this task really has
+    name: str
+    state: str  # base state: "CANCELLED" for "CANCELLED by 0"
+    state_detail: str
+    reason: str | None
+    exit_code: int | None
+    signal: int | None
+    node: str | None
+    submit: str | None
+    start: str | None
+    end: str | None
+    comment: str | None
+    dependency: str | None = None
+
+    @property
+    def parent_id(self) -> str:
+        return _parent_id(self.job_id)
+
+    @property
+    def array_index(self) -> int | None:
+        _, sep, task = self.job_id.partition("_")
+        return int(task) if sep and task.isdigit() else None
+
+
+def parse_submit_output(stdout: str) -> dict[str, str | None]:
+    """The JSON line printed by a bundle's submit.sh: {"prepare", "simulate", "post"}."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SlurmOutputError(f"submit.sh printed invalid JSON: {line[:120]}") from err
+            ids = {step: (str(data[step]) if data.get(step) else None) for step in STEPS}
+            if not ids["simulate"] or not ids["post"]:
+                raise SlurmOutputError(f"submit.sh printed no simulate/post job id: {line[:120]}")
+            return ids
+    raise SlurmOutputError(f"submit.sh printed no job ids: {stdout.strip()[:200]!r}")
+
+
+def parse_sbatch_parsable(stdout: str) -> str:
+    """``sbatch --parsable`` prints ``id`` or ``id;cluster``."""
+    line = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    job_id = line.split(";")[0].strip()
+    if not job_id.isdigit():
+        raise SlurmOutputError(f"sbatch printed no job id: {stdout.strip()[:120]!r}")
+    return job_id
+
+
+def parse_exit_code(text: str) -> tuple[int | None, int | None]:
+    """``code:signal`` -> (code, signal); anything else (e.g. a reason) -> (None, None)."""
+    code, sep, signal = text.partition(":")
+    if sep and code.isdigit() and signal.isdigit():
+        return int(code), int(signal)
+    return None, None
+
+
+def _none(value: str) -> str | None:
+    value = value.strip()
+    return None if value in ("", "None", "None assigned", "Unknown", "N/A", "(null)") else value
+
+
+def _expand_task_ids(job_id: str) -> Iterator[str]:
+    """``15_[1-4%1]`` -> 15_1 .. 15_4; other ids unchanged."""
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not match:
+        yield job_id
+        return
+    parent, spec = match.groups()
+    spec = spec.split("%")[0]
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        for index in range(int(low), int(high or low) + 1):
+            yield f"{parent}_{index}"
+
+
+def parse_sacct(text: str) -> list[JobRecord]:
+    """``sacct -X --parsable2 --noheader --format=<SACCT_FIELDS>`` output (a header line is skipped)."""
+    records: list[JobRecord] = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("JobID|"):
+            continue
+        parts = line.split("|")
+        if len(parts) < len(SACCT_FIELDS):
+            raise SlurmOutputError(f"unexpected sacct line: {line[:160]!r}")
+        row = dict(zip(SACCT_FIELDS, parts, strict=False))
+        # A comment may contain '|': everything after the 11th separator is the comment.
+        row["Comment"] = "|".join(parts[len(SACCT_FIELDS) - 1 :])
+        code, signal = parse_exit_code(row["ExitCode"])
+        state_detail = row["State"].strip()
+        for job_id in _expand_task_ids(row["JobID"]):
+            records.append(
+                JobRecord(
+                    job_id=job_id,
+                    raw_id=row["JobIDRaw"],
+                    name=row["JobName"],
+                    state=state_detail.split()[0] if state_detail else "UNKNOWN",
+                    state_detail=state_detail,
+                    reason=_none(row["Reason"]),
+                    exit_code=code,
+                    signal=signal,
+                    node=_none(row["NodeList"]),
+                    submit=_none(row["Submit"]),
+                    start=_none(row["Start"]),
+                    end=_none(row["End"]),
+                    comment=_none(row["Comment"]),
+                )
+            )
+    return records
+
+
+def parse_squeue(text: str) -> list[JobRecord]:
+    """``squeue -h -t all -r -o SQUEUE_FORMAT`` output."""
+    records: list[JobRecord] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|")
+        if len(parts) != 10:
+            raise SlurmOutputError(f"unexpected squeue line: {line[:160]!r}")
+        job_id, raw_id, name, state, reason, comment, node, dependency, submit, start = parts
+        for expanded in _expand_task_ids(job_id):
+            records.append(
+                JobRecord(
+                    job_id=expanded,
+                    raw_id=raw_id,
+                    name=name,
+                    state=state.split()[0] if state else "UNKNOWN",
+                    state_detail=state,
+                    reason=_none(reason),
+                    exit_code=None,
+                    signal=None,
+                    node=_none(node),
+                    submit=_none(submit),
+                    start=_none(start),
+                    end=None,
+                    comment=_none(comment),
+                    dependency=_none(dependency),
+                )
+            )
+    return records
+
+
+def latest_by_job(records: Iterable[JobRecord]) -> dict[str, JobRecord]:
+    """With ``--duplicates``, a requeued job appears several times: keep the last."""
+    latest: dict[str, JobRecord] = {}
+    for record in records:
+        latest[record.job_id] = record
+    return latest
+
+
+def _parent_id(job_id: str) -> str:
+    return job_id.split("_", 1)[0]
+
+
+def _id_sort_key(job_id: str) -> tuple[int, str]:
+    return (int(job_id) if job_id.isdigit() else 0, job_id)
+
+
+# -- states --------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    """What a Slurm state means for a beam or a step."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+_PHASES: dict[str, tuple[Phase, str | None]] = {
+    "PENDING": (Phase.PENDING, None),
+    "CONFIGURING": (Phase.PENDING, None),
+    "REQUEUED": (Phase.PENDING, "requeued by Slurm"),
+    "REQUEUE_FED": (Phase.PENDING, "requeued by Slurm"),
+    "REQUEUE_HOLD": (Phase.PENDING, "requeued and held by Slurm"),
+    "RESV_DEL_HOLD": (Phase.PENDING, "held: reservation deleted"),
+    "SUSPENDED": (Phase.RUNNING, "suspended by Slurm"),
+    "RUNNING": (Phase.RUNNING, None),
+    "COMPLETING": (Phase.RUNNING, None),
+    "STAGE_OUT": (Phase.RUNNING, None),
+    "SIGNALING": (Phase.RUNNING, None),
+    "RESIZING": (Phase.RUNNING, None),
+    "STOPPED": (Phase.RUNNING, "stopped by a signal"),
+    "COMPLETED": (Phase.COMPLETED, None),
+    "FAILED": (Phase.FAILED, "the job exited non-zero"),
+    "TIMEOUT": (Phase.FAILED, "hit its time limit (raise slurm.time_limit)"),
+    "OUT_OF_MEMORY": (Phase.FAILED, "ran out of memory (raise slurm.mem_per_beam)"),
+    "NODE_FAIL": (Phase.FAILED, "its node failed"),
+    "BOOT_FAIL": (Phase.FAILED, "its node failed to boot"),
+    "DEADLINE": (Phase.FAILED, "missed its deadline"),
+    "PREEMPTED": (Phase.FAILED, "preempted by a higher-priority job"),
+    "REVOKED": (Phase.CANCELLED, "revoked by a federated cluster"),
+    "CANCELLED": (Phase.CANCELLED, "cancelled"),
+    "SPECIAL_EXIT": (Phase.FAILED, "special exit"),
+}
+
+TERMINAL = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED})
+
+
+def phase_of(record: JobRecord) -> tuple[Phase, str | None]:
+    """Map a Slurm record to a phase and a human reason (None when nothing to say).
+
+    Unknown states are taken as still running, with the state named in the reason,
+    so a new Slurm state never marks work finished by mistake.
+    """
+    phase, reason = _PHASES.get(record.state, (Phase.RUNNING, f"unknown Slurm state {record.state}"))
+    if record.state == "CANCELLED" and record.state_detail != "CANCELLED":
+        reason = record.state_detail.lower()  # "cancelled by 1000": who did it
+    if phase is Phase.FAILED:
+        details = []
+        if record.exit_code:
+            details.append(f"exit code {record.exit_code}")
+        if record.signal:
+            details.append(f"signal {record.signal}")
+        if details:
+            reason = f"{reason}, {', '.join(details)}" if record.state != "FAILED" else ", ".join(details)
+    if phase is Phase.PENDING and record.reason == "DependencyNeverSatisfied":
+        reason = "DependencyNeverSatisfied"
+    return phase, reason
+
+
+def never_satisfied(record: JobRecord) -> bool:
+    """A pending job whose dependency failed: it would wait for ever."""
+    return record.state == "PENDING" and record.reason == "DependencyNeverSatisfied"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
