@@ -234,7 +234,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             problems.append(f"unknown key {key!r}")
         else:
             msg = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {msg} (got {item.get('input')!r})")
+            value = item.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            problems.append(f"{key}: {msg}{shown}")
     return f"{source}: " + "; ".join(problems)
 
 

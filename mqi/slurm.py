@@ -354,3 +354,48 @@ def never_satisfied(record: JobRecord) -> bool:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+# -- doctor --------------------------------------------------------------------
+
+
+def tools_command() -> str:
+    """Prints the path of each Slurm client tool, or fails."""
+    return "command -v sbatch && command -v squeue && command -v sacct && command -v scancel"
+
+
+def accounting_command() -> str:
+    """Answers (rc 0) only when slurmdbd accounting works."""
+    return "sacct -X -n --parsable2 -S now-1minutes --format=JobID"
+
+
+def partition_command(partition: str) -> str:
+    return f"sinfo -h -p {shlex.quote(partition)} -o '%P|%a|%G|%D'"
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    name: str
+    available: bool
+    gpus_per_node: int
+    nodes: int
+
+
+def parse_partition(text: str) -> PartitionInfo | None:
+    """``sinfo -h -p P -o '%P|%a|%G|%D'``; None when the partition does not exist."""
+    rows = [line.split("|") for line in text.splitlines() if line.count("|") == 3]
+    if not rows:
+        return None
+    gpus = 0
+    for _, _, gres, _ in rows:
+        for item in gres.split(","):
+            match = re.match(r"gpu(?::[\w.-]+)?:(\d+)", item)
+            if match:
+                gpus = max(gpus, int(match.group(1)))
+    name = rows[0][0].rstrip("*")
+    return PartitionInfo(
+        name=name,
+        available=any(row[1] == "up" for row in rows),
+        gpus_per_node=gpus,
+        nodes=sum(int(row[3]) for row in rows if row[3].isdigit()),
+    )

@@ -1,0 +1,117 @@
+"""`mqi doctor`: is everything in place to submit? One SSH connection, a table of checks."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from mqi import slurm
+from mqi.config import Config
+from mqi.errors import MqiError
+from mqi.transport import Transport
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _first_word(command: str) -> str:
+    words = shlex.split(command)
+    return words[0] if words else ""
+
+
+def run_checks(config: Config, transport: Transport) -> list[Check]:
+    """Every check, in order; after a failed connection the cluster checks are skipped."""
+    checks = [Check("config", True, str(config.source or "defaults"))]
+    try:
+        who = transport.run("id -un && hostname", timeout=30)
+    except MqiError as err:
+        checks.append(Check("connection", False, str(err)))
+        return checks
+    if not who.ok:
+        checks.append(Check("connection", False, who.first_error_line()))
+        return checks
+    user, _, host = who.stdout.strip().partition("\n")
+    checks.append(Check("connection", True, f"{transport.description} as {user} on {host}"))
+
+    def remote(name: str, command: str, ok_detail: Callable[[str], str], fix: str) -> None:
+        try:
+            result = transport.run(command, timeout=60)
+        except MqiError as err:
+            checks.append(Check(name, False, str(err)))
+            return
+        if result.ok:
+            checks.append(Check(name, True, ok_detail(result.stdout.strip())))
+        else:
+            checks.append(Check(name, False, f"{result.first_error_line()} — {fix}"))
+
+    workspace = shlex.quote(config.cluster.remote_dir)
+    remote(
+        "remote workspace",
+        f'mkdir -p {workspace} && probe=$(mktemp {workspace}/.mqi-doctor.XXXXXX) && rm -f "$probe"',
+        lambda _: f"{config.cluster.remote_dir} is writable",
+        "set cluster.remote_dir to a folder the cluster user can write",
+    )
+    remote(
+        "slurm commands",
+        slurm.tools_command(),
+        lambda out: ", ".join(line.rsplit("/", 1)[-1] for line in out.splitlines()),
+        "sbatch/squeue/sacct/scancel must be on the PATH of a non-interactive shell",
+    )
+    remote(
+        "squeue answers",
+        slurm.squeue_command(),
+        lambda out: f"{len(out.splitlines())} live job(s) of this user",
+        "slurmctld does not answer; ask the cluster admins",
+    )
+    remote(
+        "sacct accounting",
+        slurm.accounting_command(),
+        lambda _: "slurmdbd answers",
+        "without accounting mqi falls back to squeue and may miss finished jobs",
+    )
+    checks.append(_partition_check(config, transport))
+    engine = _first_word(config.moqui.command)
+    remote(
+        "simulator command",
+        f"command -v {shlex.quote(engine)}",
+        lambda out: out,
+        "set moqui.command to the engine's path on the cluster",
+    )
+    python = config.cluster.python
+    remote(
+        "remote python",
+        f"{shlex.quote(python)} -c 'import mqi, mqi.post; print(mqi.__version__)'",
+        lambda out: f"{python}: mqi {out}",
+        "install mqi on the cluster and set cluster.python (the post job runs python -m mqi.post)",
+    )
+    return checks
+
+
+def _partition_check(config: Config, transport: Transport) -> Check:
+    partition = config.slurm.partition
+    try:
+        result = transport.run(slurm.partition_command(partition), timeout=60)
+    except MqiError as err:
+        return Check("partition", False, str(err))
+    info = slurm.parse_partition(result.stdout) if result.ok else None
+    if info is None:
+        return Check("partition", False, f"partition {partition!r} does not exist — set slurm.partition")
+    if not info.available:
+        return Check("partition", False, f"partition {partition!r} is not up")
+    if info.gpus_per_node < config.slurm.gpus_per_beam:
+        return Check(
+            "partition",
+            False,
+            f"partition {partition!r} offers {info.gpus_per_node} GPU(s) per node, "
+            f"slurm.gpus_per_beam asks for {config.slurm.gpus_per_beam}",
+        )
+    return Check("partition", True, f"{info.name}: {info.nodes} node(s), {info.gpus_per_node} GPU(s) each")
+
+
+def checks_json(checks: list[Check]) -> dict:
+    return {"ok": all(check.ok for check in checks), "checks": [asdict(check) for check in checks]}

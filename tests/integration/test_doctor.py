@@ -1,0 +1,79 @@
+"""`mqi doctor` against the real cluster, over SSH and locally, and each way it fails."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_mqi
+
+pytestmark = pytest.mark.cluster
+
+
+def doctor(config: Path) -> tuple[int, dict, str]:
+    result = run_mqi("doctor", "--config", str(config), "--json", timeout=120)
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+def failed(report: dict) -> dict[str, str]:
+    return {check["name"]: check["detail"] for check in report["checks"] if not check["ok"]}
+
+
+@pytest.mark.parametrize("transport", ["ssh", "local"])
+def test_doctor_passes(make_config: Callable[..., Path], transport: str) -> None:
+    code, report, _ = doctor(make_config(transport))
+    assert failed(report) == {}
+    assert code == 0
+    names = [check["name"] for check in report["checks"]]
+    assert {"connection", "partition", "sacct accounting", "remote python"} <= set(names)
+
+
+def test_doctor_refuses_a_wrong_host_key(make_config: Callable[..., Path], tmp_path: Path) -> None:
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known = tmp_path / "known_hosts"
+    known.write_text("[127.0.0.1]:2222 " + " ".join(other.with_suffix(".pub").read_text().split()[:2]) + "\n")
+    code, report, _ = doctor(make_config(cluster={"known_hosts": str(known)}))
+    assert code == 1
+    assert "does NOT match" in failed(report)["connection"]
+
+
+def test_doctor_refuses_an_unknown_host(make_config: Callable[..., Path], tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    code, report, _ = doctor(make_config(cluster={"known_hosts": str(known)}))
+    assert code == 1
+    assert "is not in" in failed(report)["connection"]
+
+
+def test_doctor_reports_a_wrong_key(make_config: Callable[..., Path], tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    code, report, _ = doctor(make_config(cluster={"key_file": str(wrong)}))
+    assert code == 1
+    assert "authentication" in failed(report)["connection"]
+
+
+def test_doctor_reports_a_closed_port(make_config: Callable[..., Path]) -> None:
+    code, report, _ = doctor(make_config(cluster={"port": 2299, "connect_timeout": 3}))
+    assert code == 1
+    assert "cannot connect" in failed(report)["connection"]
+
+
+def test_doctor_reports_a_missing_partition(make_config: Callable[..., Path]) -> None:
+    code, report, _ = doctor(make_config(slurm={"partition": "nosuchpartition"}))
+    assert code == 1
+    problems = failed(report)
+    assert list(problems) == ["partition"]
+    assert "does not exist" in problems["partition"]
+
+
+def test_doctor_without_config_says_how_to_make_one(tmp_path: Path) -> None:
+    result = run_mqi("doctor", "--config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2
+    assert "mqi init" in result.stderr
+    assert "Traceback" not in result.stderr
