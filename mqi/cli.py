@@ -118,6 +118,585 @@ def doctor(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+@handle_errors
+def check(
+    case_dir: Annotated[Path, typer.Argument(help="The case folder to read and check.")],
+    plan: Annotated[str | None, typer.Option("--plan", help="SOP Instance UID of the plan to use.")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Read and check a case folder; nothing is submitted. Exit 2 when it is invalid."""
+    from mqi.intake import IntakeOptions, read_case
+    from mqi.intake.report import render_check
+
+    cfg = config_for(config) if (config or _has_default_config()) else None
+    options = IntakeOptions.from_config(cfg, plan_uid=plan) if cfg else IntakeOptions(plan_uid=plan)
+    result = read_case(case_dir, options)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        out.print(render_check(result))
+    if not result.valid:
+        raise typer.Exit(2)
+
+
+def _has_default_config() -> bool:
+    from mqi.config import find_config_file
+
+    return find_config_file().exists()
+
+
+class _RichUpload:
+    """A progress bar (bytes, rate) for uploads, shown only on a terminal."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err,
+            transient=True,
+        )
+        self._task: Any = None
+
+    def start(self, total_bytes: int, files: int) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task(f"uploading {files} files", total=total_bytes)
+
+    def advance(self, nbytes: int) -> None:
+        self._progress.advance(self._task, nbytes)
+
+    def finish(self) -> None:
+        self._progress.stop()
+
+
+@app.command()
+@handle_errors
+def submit(
+    case_dir: Annotated[Path, typer.Argument(help="The case folder to submit.")],
+    priority: Annotated[
+        str | None, typer.Option("--priority", "-p", help="A priority class from slurm.priorities.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Render the bundle locally and show the sbatch lines only.")
+    ] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where --dry-run writes the bundle.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Cancel the case's existing jobs and submit it again.")
+    ] = False,
+    plan: Annotated[str | None, typer.Option("--plan", help="SOP Instance UID of the plan to use.")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Submit one case folder: check, render, upload, and queue its Slurm chain once."""
+    cfg = config_for(config)
+    if dry_run:
+        _dry_run(cfg, case_dir, out_dir, priority, plan, as_json)
+        return
+    from mqi.store import Store
+    from mqi.submit import CaseRejected, Submitter
+    from mqi.transport import open_transport
+
+    transport = open_transport(cfg.cluster)
+    progress = _RichUpload() if (sys.stderr.isatty() and not as_json) else None
+    try:
+        with Store(cfg.db_path) as store:
+            submitter = Submitter(
+                cfg, store, transport, log=lambda m: err.print(m, markup=False), progress=progress
+            )
+            try:
+                outcome = submitter.submit(case_dir, priority=priority, force=force, plan_uid=plan)
+            except CaseRejected as rejected:
+                if as_json:
+                    print_json(
+                        {**rejected.result.to_json(), "case_id": rejected.case_id, "status": "rejected"}
+                    )
+                raise
+    finally:
+        transport.close()
+    if as_json:
+        print_json(outcome.to_json())
+        return
+    for warning in outcome.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    jobs = ", ".join(f"{step} {job}" for step, job in outcome.jobs.items() if job)
+    if outcome.already:
+        out.print(f"{outcome.case_id} is already {outcome.status} ({jobs}); use --force to submit it again")
+    elif outcome.adopted:
+        out.print(f"{outcome.case_id} was already in Slurm; adopted its jobs: {jobs}")
+    else:
+        out.print(f"submitted {outcome.case_id}: {jobs}")
+
+
+def _dry_run(
+    cfg: Config, case_dir: Path, out_dir: Path | None, priority: str | None, plan: str | None, as_json: bool
+) -> None:
+    from mqi.intake import IntakeOptions, read_case
+    from mqi.render import dry_run
+
+    result = read_case(case_dir, IntakeOptions.from_config(cfg, plan_uid=plan))
+    if not result.valid or result.case is None:
+        first = result.errors[0].message if result.errors else "invalid case"
+        raise fail(f"case rejected: {first} (see `mqi check {case_dir}`)", 2)
+    target = out_dir or (cfg.bundles_dir / "dry-run" / result.case.case_uid)
+    rendered = dry_run(result.case, cfg, target, priority=priority)
+    if as_json:
+        print_json(
+            {
+                "case_id": result.case.case_id,
+                "case_uid": result.case.case_uid,
+                "status": "dry-run",
+                "bundle": str(rendered.path),
+                "sbatch": rendered.sbatch_lines,
+                "warnings": rendered.warnings,
+            }
+        )
+        return
+    for warning in rendered.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    out.print(f"bundle for {result.case.case_id} written to {rendered.path} (nothing submitted)")
+    for line in rendered.sbatch_lines:
+        out.print(line, markup=False, soft_wrap=True)
+
+
+# -- operating ------------------------------------------------------------------------
+
+
+class _Session:
+    """Config, store and one transport for the length of one command."""
+
+    def __init__(self, config_path: Path | None, *, need_cluster: bool = True) -> None:
+        from mqi.store import Store
+        from mqi.transport import open_transport
+
+        self.config = config_for(config_path)
+        self.store = Store(self.config.db_path)
+        self.transport = open_transport(self.config.cluster) if need_cluster else None
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.store.close()
+
+
+def _log(message: str) -> None:
+    err.print(message, markup=False, soft_wrap=True)
+
+
+@app.command()
+@handle_errors
+def poll(
+    wait: Annotated[bool, typer.Option("--wait", help="Keep polling until no case is active.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="With --wait: give up after S seconds.")] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing unless something failed.")
+    ] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Mirror Slurm's job states into the database and bring finished results home."""
+    from mqi.poll import Poller, poll_until_done
+
+    with _Session(config) as session:
+        assert session.transport is not None
+        poller = Poller(session.config, session.store, session.transport, log=_log)
+
+        def show(report: Any) -> None:
+            if as_json or quiet:
+                return
+            for case_id in report.delivered:
+                out.print(f"delivered {case_id}")
+            for case_id in report.resubmitted:
+                out.print(f"resubmitted {case_id} (its jobs were lost in Slurm)")
+
+        if wait:
+            report = poll_until_done(
+                poller, timeout=timeout, interval=session.config.poll.interval_seconds, on_cycle=show
+            )
+        else:
+            report = poller.poll_once()
+            show(report)
+    if as_json:
+        print_json(report.to_json())
+    elif not quiet:
+        out.print(f"{report.active_cases} active case(s); {report.jobs_tracked} job(s) tracked")
+    if report.errors and not report.jobs_tracked:
+        raise typer.Exit(1)
+
+
+def _age(iso: str | None) -> str:
+    if not iso:
+        return ""
+    from mqi.slurm import utc_now
+    from mqi.store import parse_utc
+
+    seconds = int((utc_now() - parse_utc(iso)).total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "rejected": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "postprocessing": "cyan",
+}
+
+
+def _case_json(store: Any, case: Any) -> dict[str, Any]:
+    jobs = store.list_jobs(case.case_id)
+    return {
+        "case_id": case.case_id,
+        "case_uid": case.case_uid,
+        "status": case.status,
+        "error": case.error,
+        "errors": case.errors,
+        "results_dir": case.results_dir,
+        "priority": case.priority,
+        "created_at": case.created_at,
+        "submitted_at": case.submitted_at,
+        "finished_at": case.finished_at,
+        "beams": [
+            {
+                "number": beam.number,
+                "name": beam.name,
+                "status": beam.status,
+                "slurm_state": beam.slurm_state,
+                "job_id": beam.job_id,
+                "exit_code": beam.exit_code,
+                "reason": beam.reason,
+                "node": beam.node,
+                "dose_file": beam.dose_file,
+            }
+            for beam in store.list_beams(case.case_id)
+        ],
+        "jobs": [job.to_dict() for job in jobs],
+    }
+
+
+@app.command()
+@handle_errors
+def status(
+    case_id: Annotated[str | None, typer.Argument(help="One case (default: all cases).")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cases from the database (run `mqi poll` to refresh them)."""
+    with _Session(config, need_cluster=False) as session:
+        store = session.store
+        if case_id:
+            case = store.require_case(case_id)
+            data = _case_json(store, case)
+            if as_json:
+                print_json(data)
+            else:
+                _print_case(data)
+            return
+        cases = store.list_cases()
+        if as_json:
+            print_json([_case_json(store, case) for case in cases])
+            return
+        if not cases:
+            out.print("no cases yet: `mqi submit CASE_DIR` or put folders in watch_dir for `mqi scan`")
+            return
+        table = Table(title="mqi cases")
+        for column in ("case", "status", "beams", "age", "waited", "ran", "error"):
+            table.add_column(column, overflow="fold")
+        for case in cases:
+            beams = store.list_beams(case.case_id)
+            done = sum(beam.status == "completed" for beam in beams)
+            started = [b.started_at for b in beams if b.started_at]
+            ended = [b.ended_at for b in beams if b.ended_at]
+            waited = _span(case.submitted_at, min(started) if started else None)
+            ran = _span(min(started) if started else None, max(ended) if ended else None)
+            style = _STYLE.get(case.status, "")
+            table.add_row(
+                case.case_id,
+                f"[{style}]{case.status}[/]" if style else case.status,
+                f"{done}/{len(beams)}" if beams else "",
+                _age(case.created_at),
+                waited,
+                ran,
+                (case.error or "")[:120],
+            )
+        out.print(table)
+
+
+def _span(start: str | None, end: str | None) -> str:
+    """Minutes and seconds between two stored UTC times."""
+    from mqi.store import parse_utc
+
+    if not start or not end:
+        return ""
+    try:
+        seconds = max(0, int((parse_utc(end) - parse_utc(start)).total_seconds()))
+    except ValueError:
+        return ""
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _print_case(data: dict[str, Any]) -> None:
+    style = _STYLE.get(data["status"], "")
+    out.print(f"[bold]{data['case_id']}[/]  [{style}]{data['status']}[/]" if style else data["case_id"])
+    if data["error"]:
+        out.print(f"error: {data['error']}", markup=False)
+    for problem in data["errors"]:
+        out.print(f"  {problem['code']}: {problem['message']}", markup=False)
+    if data["results_dir"]:
+        out.print(f"results: {data['results_dir']}", markup=False)
+    if data["beams"]:
+        table = Table()
+        for column in ("beam", "name", "status", "slurm", "job", "node", "exit", "reason", "dose file"):
+            table.add_column(column, overflow="fold")
+        for beam in data["beams"]:
+            table.add_row(
+                str(beam["number"]),
+                beam["name"],
+                beam["status"],
+                beam["slurm_state"] or "",
+                beam["job_id"] or "",
+                beam["node"] or "",
+                "" if beam["exit_code"] is None else str(beam["exit_code"]),
+                beam["reason"] or "",
+                beam["dose_file"] or "",
+            )
+        out.print(table)
+    if data["jobs"]:
+        jobs = ", ".join(f"{j['step']} {j['job_id']} ({j['state']})" for j in data["jobs"])
+        out.print(f"jobs: {jobs}", markup=False)
+
+
+@app.command()
+@handle_errors
+def queue(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """This tool's live jobs in Slurm (squeue), with pending reasons."""
+    from mqi.actions import live_queue
+
+    with _Session(config) as session:
+        assert session.transport is not None
+        rows = live_queue(session.store, session.transport)
+    if as_json:
+        print_json([row.to_json() for row in rows])
+        return
+    if not rows:
+        out.print("no mqi jobs in the queue")
+        return
+    table = Table(title="mqi jobs in Slurm")
+    for column in ("job", "case", "step", "state", "reason", "node", "started"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.job_id,
+            row.case_id or "?",
+            row.step,
+            row.state,
+            row.reason or "",
+            row.node or "",
+            row.started or "",
+        )
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def cancel(case_id: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Cancel every job of a case (scancel); the case becomes cancelled."""
+    from mqi.actions import cancel_case
+
+    with _Session(config) as session:
+        assert session.transport is not None
+        cancelled = cancel_case(session.store, session.transport, case_id)
+    if as_json:
+        print_json({"case_id": case_id, "status": "cancelled", "cancelled_jobs": cancelled})
+    else:
+        out.print(f"cancelled {case_id}" + (f" (jobs {', '.join(cancelled)})" if cancelled else ""))
+
+
+@app.command()
+@handle_errors
+def retry(
+    case_id: str,
+    beam: Annotated[list[int] | None, typer.Option("--beam", "-b", help="Beam number (repeatable).")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Resubmit only the failed beams (or the named ones) and a new post job; results merge."""
+    from mqi.actions import retry_case
+
+    with _Session(config) as session:
+        assert session.transport is not None
+        ids = retry_case(session.config, session.store, session.transport, case_id, beam or None)
+    if as_json:
+        print_json({"case_id": case_id, "status": "submitted", "jobs": ids})
+    else:
+        out.print(f"retrying {case_id}: simulate {ids['simulate']}, post {ids['post']}")
+
+
+@app.command()
+@handle_errors
+def top(case_id: str, config: ConfigOption = None) -> None:
+    """Move a queued case ahead of your other pending jobs (scontrol top)."""
+    from mqi.actions import top_case
+
+    with _Session(config) as session:
+        assert session.transport is not None
+        jobs = top_case(session.store, session.transport, case_id)
+    out.print(f"moved {case_id} to the top of your queue ({', '.join(jobs)})")
+
+
+@app.command()
+@handle_errors
+def logs(
+    case_id: str,
+    beam: Annotated[int | None, typer.Option("--beam", "-b", help="Beam number (simulation log).")] = None,
+    step: Annotated[str | None, typer.Option("--step", "-s", help="prepare, simulate or post.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print a job's Slurm output from the cluster."""
+    from mqi.actions import read_log
+
+    with _Session(config) as session:
+        assert session.transport is not None
+        text = read_log(session.store, session.transport, case_id, beam=beam, step=step)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@app.command()
+@handle_errors
+def scan(
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only what was submitted or failed.")
+    ] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Submit every ready, not yet known case folder under watch_dir (run it from cron)."""
+    from mqi.scan import scan as run_scan
+
+    with _Session(config) as session:
+        assert session.transport is not None
+        report = run_scan(session.config, session.store, session.transport, log=_log)
+    if as_json:
+        print_json(report.to_json())
+    elif report.skipped_busy:
+        if not quiet:
+            out.print("another mqi scan is running; nothing to do")
+    else:
+        for case_id in report.submitted:
+            out.print(f"submitted {case_id}")
+        for case_id in report.rejected:
+            out.print(f"rejected {case_id} (`mqi status {case_id}` lists the problems)")
+        if not quiet:
+            for line in report.waiting:
+                out.print(f"not ready: {line}", markup=False)
+            out.print(
+                f"{len(report.submitted)} submitted, {len(report.rejected)} rejected, "
+                f"{len(report.waiting)} not ready, {report.known} already known"
+            )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def run(
+    interval: Annotated[
+        float | None, typer.Option(help="Seconds between cycles (poll.interval_seconds).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Scan and poll for ever (for systemd); SIGTERM ends it cleanly after the current cycle."""
+    import signal
+    import time
+
+    from mqi.poll import Poller
+    from mqi.scan import scan as run_scan
+
+    stop = {"now": False}
+
+    def request_stop(_signum: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    with _Session(config) as session:
+        assert session.transport is not None
+        every = interval or session.config.poll.interval_seconds
+        _log(f"mqi run: scanning {session.config.watch_dir} and polling every {every:.0f}s")
+        while not stop["now"]:
+            try:
+                scanned = run_scan(session.config, session.store, session.transport, log=_log)
+                for case_id in scanned.submitted:
+                    _log(f"submitted {case_id}")
+                polled = Poller(session.config, session.store, session.transport, log=_log).poll_once()
+                for case_id in polled.delivered:
+                    _log(f"delivered {case_id}")
+            except MqiError as error:
+                _log(f"cycle failed, retrying next cycle: {error}")
+            deadline = time.monotonic() + every
+            while not stop["now"] and time.monotonic() < deadline:
+                time.sleep(min(0.5, every))
+    _log("mqi run: stopped")
+
+
+cron_app = typer.Typer(help="Manage the crontab line that runs `mqi scan` and `mqi poll`.")
+app.add_typer(cron_app, name="cron")
+
+
+@cron_app.command("install")
+@handle_errors
+def cron_install(
+    every: Annotated[int, typer.Option(help="Minutes between runs.", min=1, max=59)] = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Add (or replace) the mqi line in your crontab."""
+    from mqi import cron
+
+    line = cron.install(config_for(config), every)
+    out.print(f"installed: {line}", markup=False, soft_wrap=True)
+
+
+@cron_app.command("show")
+@handle_errors
+def cron_show() -> None:
+    """Print the mqi line of your crontab."""
+    from mqi import cron
+
+    line = cron.show()
+    if line is None:
+        out.print("no mqi line in your crontab (`mqi cron install` adds one)")
+        raise typer.Exit(1)
+    out.print(line, markup=False, soft_wrap=True)
+
+
+@cron_app.command("remove")
+@handle_errors
+def cron_remove() -> None:
+    """Remove the mqi line from your crontab; other lines stay."""
+    from mqi import cron
+
+    out.print("removed the mqi line" if cron.remove() else "there was no mqi line")
+
+
 def main() -> None:
     app()
 

@@ -59,9 +59,20 @@ def parse_job_name(name: str) -> tuple[str, str] | None:
 # -- command lines -----------------------------------------------------------------
 
 
+# Slurm prints and reads naive local times; every query runs with TZ=UTC so that the
+# login node's time zone never leaks into stored times or -S bounds.
+_UTC_ENV = "TZ=UTC "
+
+
 def _slurm_time(moment: datetime) -> str:
-    """Slurm reads naive local times; we send UTC-converted-to-local explicitly."""
-    return moment.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def slurm_time_to_utc_iso(text: str | None) -> str | None:
+    """A time printed by sacct/squeue under TZ=UTC, as ``...Z``; None for Unknown/N/A."""
+    if not text or not text[:4].isdigit():
+        return None
+    return text + "Z"
 
 
 def sacct_commands(job_ids: Iterable[str], since: datetime) -> list[str]:
@@ -71,7 +82,7 @@ def sacct_commands(job_ids: Iterable[str], since: datetime) -> list[str]:
     start = _slurm_time(since - timedelta(minutes=5))
     fields = ",".join(SACCT_FIELDS)
     return [
-        f"sacct -X --parsable2 --noheader --duplicates -S {start} "
+        f"{_UTC_ENV}sacct -X --parsable2 --noheader --duplicates -S {start} "
         f"--format={fields} -j {','.join(ids[i : i + SACCT_CHUNK])}"
         for i in range(0, len(ids), SACCT_CHUNK)
     ]
@@ -81,7 +92,8 @@ def sacct_by_names_command(case_uid: str, since: datetime) -> str:
     """Jobs of one case by name (pending jobs have no comment in sacct yet)."""
     names = ",".join(job_name(case_uid, step) for step in STEPS)
     return (
-        f"sacct -X --parsable2 --noheader --duplicates -S {_slurm_time(since - timedelta(minutes=5))} "
+        f"{_UTC_ENV}sacct -X --parsable2 --noheader --duplicates "
+        f"-S {_slurm_time(since - timedelta(minutes=5))} "
         f"--format={','.join(SACCT_FIELDS)} --name={shlex.quote(names)}"
     )
 
@@ -89,7 +101,7 @@ def sacct_by_names_command(case_uid: str, since: datetime) -> str:
 def squeue_command(user: str | None = None) -> str:
     """Every live job of this user (or the login user), array tasks expanded."""
     who = f"-u {shlex.quote(user)}" if user else '-u "$(id -un)"'
-    return f"squeue -h -t all -r {who} -o {shlex.quote(SQUEUE_FORMAT)}"
+    return f"{_UTC_ENV}squeue -h -t all -r {who} -o {shlex.quote(SQUEUE_FORMAT)}"
 
 
 def scancel_command(job_ids: Iterable[str]) -> str:
