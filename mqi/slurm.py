@@ -98,9 +98,9 @@ def sacct_by_names_command(case_uid: str, since: datetime) -> str:
     )
 
 
-def squeue_command(user: str | None = None) -> str:
-    """Every live job of this user (or the login user), array tasks expanded."""
-    who = f"-u {shlex.quote(user)}" if user else '-u "$(id -un)"'
+def squeue_command(user: str | None = None, *, all_users: bool = False) -> str:
+    """Every live job of this user (default: the login user), array tasks expanded."""
+    who = "" if all_users else f"-u {shlex.quote(user)}" if user else '-u "$(id -un)"'
     return f"{_UTC_ENV}squeue -h -t all -r {who} -o {shlex.quote(SQUEUE_FORMAT)}"
 
 

@@ -84,6 +84,14 @@ class SubmitOutcome:
             "jobs": self.jobs,
             "adopted": self.adopted,
             "already_submitted": self.already,
+            "upload": None
+            if self.upload is None
+            else {
+                "files_sent": self.upload.files_sent,
+                "files_skipped": self.upload.files_skipped,
+                "bytes_sent": self.upload.bytes_sent,
+                "seconds": round(self.upload.seconds, 3),
+            },
         }
 
 

@@ -32,3 +32,47 @@ def run_mqi(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def submit_json(config: Path, case_dir: Path, *extra: str, timeout: float = 300) -> dict:
+    """`mqi submit --json`; fails the test with mqi's stderr when it did not exit 0."""
+    import json
+
+    result = run_mqi("submit", str(case_dir), "--config", str(config), "--json", *extra, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def slurm_jobs(case_uid: str) -> dict[str, list]:
+    """Every job of a case Slurm knows (squeue + sacct by name), by step, as JobRecords."""
+    from datetime import timedelta
+
+    from mqi import slurm
+
+    since = slurm.utc_now() - timedelta(hours=6)
+    text = subprocess.run(
+        ["bash", "-c", slurm.squeue_command(all_users=True)], capture_output=True, text=True, check=True
+    ).stdout
+    records = slurm.parse_squeue(text)
+    text = subprocess.run(
+        ["bash", "-c", slurm.sacct_by_names_command(case_uid, since)], capture_output=True, text=True
+    ).stdout
+    records += slurm.parse_sacct(text)
+    steps: dict[str, dict[str, Any]] = {step: {} for step in slurm.STEPS}
+    for record in records:
+        parsed = slurm.parse_job_name(record.name)
+        if parsed and parsed[0] == case_uid:
+            steps[parsed[1]].setdefault(record.parent_id, record)
+    return {step: list(jobs.values()) for step, jobs in steps.items()}
+
+
+def live_chains(case_uid: str) -> int:
+    """How many chains of a case Slurm holds that were not cancelled (counted by post jobs)."""
+    return sum(1 for record in slurm_jobs(case_uid)["post"] if not record.state.startswith("CANCELLED"))
+
+
+def cancel_case_jobs(case_uid: str) -> None:
+    from mqi import slurm
+
+    names = ",".join(slurm.job_name(case_uid, step) for step in slurm.STEPS)
+    subprocess.run(["scancel", f"--name={names}"], capture_output=True)
