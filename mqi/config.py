@@ -83,6 +83,8 @@ class ClusterConfig(_Model):
 
 
 class Priority(_Model):
+    """One priority class: how `mqi submit --priority NAME` asks Slurm."""
+
     nice: int = Field(0, ge=0, description="sbatch --nice (users may not go below 0).")
     qos: str | None = Field(None, description="sbatch --qos for this class.")
 
@@ -179,6 +181,8 @@ class IntakeConfig(_Model):
 
 
 class PollConfig(_Model):
+    """How the poller follows Slurm."""
+
     interval_seconds: float = Field(30, gt=0, description="`mqi run`/`poll --wait`: seconds between cycles.")
     lost_grace_seconds: float = Field(
         120, ge=0, description="A job missing from squeue and sacct this long is lost and resubmitted."

@@ -96,3 +96,12 @@ def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mqi init"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_config_reference_is_generated_from_the_models() -> None:
+    from mqi.configdoc import render_reference
+
+    reference = Path(__file__).resolve().parents[2] / "docs" / "config-reference.md"
+    assert reference.read_text() == render_reference(), (
+        "docs/config-reference.md is stale: python -m mqi.configdoc > docs/config-reference.md"
+    )
