@@ -1,0 +1,328 @@
+"""The CT series: one series, axial, a regular grid of equally spaced slices.
+
+MOQUI sorts slices by ImagePositionPatient, assumes the axial orientation
+1\\0\\0\\0\\1\\0, and takes the slice spacing from SliceThickness, so every
+irregularity here would silently distort the dose grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from mqi.intake.codes import Code
+from mqi.intake.dicomio import Header, number, numbers, text, unsigned_short
+from mqi.intake.model import CTGrid
+from mqi.intake.problems import Problems, listing
+from mqi.intake.tags import (
+    BITS_ALLOCATED,
+    COLUMNS,
+    FRAME_OF_REFERENCE_UID,
+    IMAGE_ORIENTATION,
+    IMAGE_POSITION,
+    PATIENT_ID,
+    PIXEL_REPRESENTATION,
+    PIXEL_SPACING,
+    RESCALE_INTERCEPT,
+    RESCALE_SLOPE,
+    ROWS,
+    SAMPLES_PER_PIXEL,
+    SERIES_INSTANCE_UID,
+    SLICE_THICKNESS,
+    SOP_INSTANCE_UID,
+)
+
+_T = TypeVar("_T")
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+ORIENTATION_TOLERANCE = 1e-4
+POSITION_TOLERANCE_MM = 0.01
+SPACING_TOLERANCE = 0.01  # relative, between neighbouring slices
+GAP_FACTOR = 1.5  # a step this many times the usual spacing is a missing slice
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """The header values of one CT slice that the checks need."""
+
+    path: Path
+    sop_instance_uid: str | None
+    series_instance_uid: str | None
+    frame_of_reference_uid: str | None
+    patient_id: str | None
+    rows: int | None
+    columns: int | None
+    pixel_spacing: tuple[float, float] | None  # (row spacing dy, column spacing dx)
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    thickness: float | None
+    samples: int | None
+    bits_allocated: int | None
+    pixel_representation: int | None
+    slope: float
+    intercept: float
+
+    @property
+    def missing(self) -> list[str]:
+        fields = {
+            "Rows": self.rows,
+            "Columns": self.columns,
+            "PixelSpacing": self.pixel_spacing,
+            "ImagePositionPatient": self.position,
+            "ImageOrientationPatient": self.orientation,
+        }
+        return [name for name, value in fields.items() if value is None]
+
+
+def read_slice(header: Header) -> Slice:
+    ds = header.dataset
+    spacing = numbers(ds, PIXEL_SPACING)
+    position = numbers(ds, IMAGE_POSITION)
+    orientation = numbers(ds, IMAGE_ORIENTATION)
+    return Slice(
+        path=header.path,
+        sop_instance_uid=text(ds, SOP_INSTANCE_UID),
+        series_instance_uid=text(ds, SERIES_INSTANCE_UID),
+        frame_of_reference_uid=text(ds, FRAME_OF_REFERENCE_UID),
+        patient_id=text(ds, PATIENT_ID),
+        rows=unsigned_short(ds, ROWS),
+        columns=unsigned_short(ds, COLUMNS),
+        pixel_spacing=(spacing[0], spacing[1]) if spacing and len(spacing) == 2 else None,
+        position=(position[0], position[1], position[2]) if position and len(position) == 3 else None,
+        orientation=tuple(orientation) if orientation and len(orientation) == 6 else None,
+        thickness=number(ds, SLICE_THICKNESS),
+        samples=unsigned_short(ds, SAMPLES_PER_PIXEL),
+        bits_allocated=unsigned_short(ds, BITS_ALLOCATED),
+        pixel_representation=unsigned_short(ds, PIXEL_REPRESENTATION),
+        slope=number(ds, RESCALE_SLOPE) or 1.0,
+        intercept=number(ds, RESCALE_INTERCEPT) or 0.0,
+    )
+
+
+@dataclass
+class CTResult:
+    grid: CTGrid | None
+    slices: list[Slice]  # of the chosen series
+
+
+def check_ct(all_slices: list[Slice], plan_frame: str | None, problems: Problems) -> CTResult:
+    if not all_slices:
+        problems.error(Code.CT_MISSING, "no CT slices in the folder; add the planning CT series")
+        return CTResult(None, [])
+    slices = _one_series(all_slices, plan_frame, problems)
+    _check_frame(slices, plan_frame, problems)
+    usable = _complete(slices, problems)
+    if not usable:
+        return CTResult(None, slices)
+    _check_orientation(usable, problems)
+    _check_pixel_format(usable, problems)
+    rows, columns = _common(
+        usable, lambda s: (s.rows, s.columns), Code.CT_SIZE_MISMATCH, "rows x columns", problems
+    )
+    spacing = _common(
+        usable, lambda s: s.pixel_spacing, Code.CT_PIXEL_SPACING_MISMATCH, "PixelSpacing", problems
+    )
+    _common(
+        usable,
+        lambda s: (round(s.position[0], 2), round(s.position[1], 2)) if s.position else None,
+        Code.CT_POSITION_MISMATCH,
+        "x, y of ImagePositionPatient",
+        problems,
+    )
+    ordered = sorted(usable, key=lambda s: _z(s))
+    dz = _check_spacing(ordered, problems)
+    _check_thickness(ordered, dz, problems)
+    first = ordered[0]
+    assert first.position is not None and rows is not None and columns is not None and spacing
+    grid = CTGrid(
+        rows=rows,
+        columns=columns,
+        slices=len(ordered),
+        spacing=(spacing[1], spacing[0], dz),
+        origin=first.position,
+        pixel_representation=first.pixel_representation or 0,
+        bits_allocated=first.bits_allocated or 16,
+        rescale_slope=first.slope,
+        rescale_intercept=first.intercept,
+        series_instance_uid=first.series_instance_uid or "",
+        frame_of_reference_uid=first.frame_of_reference_uid or "",
+        files=[s.path for s in ordered],
+    )
+    return CTResult(grid, slices)
+
+
+def _z(s: Slice) -> float:
+    return s.position[2] if s.position else 0.0
+
+
+def _one_series(slices: list[Slice], plan_frame: str | None, problems: Problems) -> list[Slice]:
+    """The slices of one series: the plan's frame of reference first, then the largest."""
+    by_series: dict[str | None, list[Slice]] = {}
+    for s in slices:
+        by_series.setdefault(s.series_instance_uid, []).append(s)
+    if len(by_series) == 1:
+        return slices
+    groups = sorted(
+        by_series.values(),
+        key=lambda group: (sum(s.frame_of_reference_uid == plan_frame for s in group), len(group)),
+        reverse=True,
+    )
+    described = [f"{_count(len(g), 'slice')} like {problems.rel(g[0].path)}" for g in groups]
+    problems.error(
+        Code.CT_MIXED_SERIES,
+        f"CT slices from {len(groups)} series ({listing(described)}); keep only the planning CT series",
+        groups[1][0].path,
+    )
+    return groups[0]
+
+
+def _check_frame(slices: list[Slice], plan_frame: str | None, problems: Problems) -> None:
+    if plan_frame is None:
+        return
+    other = [s for s in slices if s.frame_of_reference_uid != plan_frame]
+    if other:
+        problems.error(
+            Code.CT_FRAME_OF_REFERENCE,
+            f"{listing([problems.rel(s.path) for s in other])}: the CT's Frame of Reference "
+            "differs from the plan's; the CT is not the one the plan was made on",
+            other[0].path,
+        )
+
+
+def _complete(slices: list[Slice], problems: Problems) -> list[Slice]:
+    incomplete = [s for s in slices if s.missing]
+    if incomplete:
+        problems.error(
+            Code.CT_ATTRIBUTE_MISSING,
+            f"{listing([problems.rel(s.path) for s in incomplete])}: missing "
+            f"{', '.join(incomplete[0].missing)}; the slice cannot be placed on the grid",
+            incomplete[0].path,
+        )
+    return [s for s in slices if not s.missing]
+
+
+def _check_orientation(slices: list[Slice], problems: Problems) -> None:
+    tilted = [
+        s
+        for s in slices
+        if s.orientation is not None
+        and any(abs(a - b) > ORIENTATION_TOLERANCE for a, b in zip(s.orientation, AXIAL, strict=True))
+    ]
+    if tilted:
+        shown = "\\".join(f"{v:g}" for v in tilted[0].orientation or ())
+        problems.error(
+            Code.CT_NOT_AXIAL,
+            f"{listing([problems.rel(s.path) for s in tilted])}: orientation {shown} is not the "
+            "axial 1\\0\\0\\0\\1\\0 that MOQUI assumes",
+            tilted[0].path,
+        )
+
+
+def _check_pixel_format(slices: list[Slice], problems: Problems) -> None:
+    odd = [s for s in slices if s.bits_allocated != 16 or (s.samples or 1) != 1]
+    if odd:
+        problems.error(
+            Code.CT_PIXEL_FORMAT,
+            f"{listing([problems.rel(s.path) for s in odd])}: {odd[0].bits_allocated}-bit pixels "
+            f"with {_count(odd[0].samples or 0, 'sample')} per pixel; MOQUI needs 16-bit greyscale CT",
+            odd[0].path,
+        )
+
+
+def _common(slices: list[Slice], key: Callable[[Slice], _T], code: Code, what: str, problems: Problems) -> _T:
+    """The value most slices share; the others are reported."""
+    values = Counter(key(s) for s in slices)
+    common, _ = values.most_common(1)[0]
+    odd = [s for s in slices if key(s) != common]
+    if odd:
+        problems.error(
+            code,
+            f"{listing([problems.rel(s.path) for s in odd])}: {what} {_show(key(odd[0]))} differs "
+            f"from the other slices' {_show(common)}",
+            odd[0].path,
+        )
+    return common
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return " x ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+def _check_spacing(ordered: list[Slice], problems: Problems) -> float:
+    """The slice spacing; duplicates, gaps and uneven steps are reported."""
+    if len(ordered) < 2:
+        return ordered[0].thickness or 0.0
+    steps = [_z(b) - _z(a) for a, b in itertools.pairwise(ordered)]
+    duplicates = [
+        (a, b) for (a, b), step in zip(_pairs(ordered), steps, strict=True) if step < POSITION_TOLERANCE_MM
+    ]
+    if duplicates:
+        named = [f"{problems.rel(a.path)} and {problems.rel(b.path)} at z={_z(a):g}" for a, b in duplicates]
+        problems.error(
+            Code.CT_DUPLICATE_POSITION,
+            f"{listing(named)}: two slices at the same position; remove the duplicates",
+            duplicates[0][1].path,
+        )
+    real = [step for step in steps if step >= POSITION_TOLERANCE_MM]
+    if not real:
+        return ordered[0].thickness or 0.0
+    spacing = statistics.median(real)
+    gaps, uneven = [], []
+    for (a, b), step in zip(_pairs(ordered), steps, strict=True):
+        if step < POSITION_TOLERANCE_MM:
+            continue
+        if step > GAP_FACTOR * spacing:
+            gaps.append(f"z={_z(a):g} and {_z(b):g} mm ({_count(round(step / spacing) - 1, 'slice')})")
+        elif abs(step - spacing) > max(POSITION_TOLERANCE_MM, SPACING_TOLERANCE * spacing):
+            uneven.append(f"{step:g} mm between z={_z(a):g} and {_z(b):g}")
+    if gaps:
+        problems.error(
+            Code.CT_GAP,
+            f"{_folder(ordered, problems)}: CT slices missing between {listing(gaps)}, "
+            f"spacing {spacing:g} mm; add the missing slices",
+            ordered[0].path.parent,
+        )
+    if uneven:
+        problems.error(
+            Code.CT_UNEVEN_SPACING,
+            f"{_folder(ordered, problems)}: CT slice spacing is uneven: {listing(uneven)} "
+            f"where {spacing:g} mm is usual; "
+            "MOQUI needs equally spaced slices",
+            ordered[0].path.parent,
+        )
+    return round(spacing, 6)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _folder(slices: list[Slice], problems: Problems) -> str:
+    """How a CT-wide problem names where it is: the folder of the slices."""
+    rel = problems.rel(slices[0].path.parent)
+    return "./" if rel in ("", ".") else f"{rel}/"
+
+
+def _pairs(ordered: list[Slice]) -> list[tuple[Slice, Slice]]:
+    return list(itertools.pairwise(ordered))
+
+
+def _check_thickness(ordered: list[Slice], dz: float, problems: Problems) -> None:
+    thickness = ordered[0].thickness
+    if dz <= 0 or len(ordered) < 2:
+        return
+    if thickness is None or abs(thickness - dz) > max(POSITION_TOLERANCE_MM, SPACING_TOLERANCE * dz):
+        shown = f"{thickness:g} mm" if thickness is not None else "missing"
+        problems.warn(
+            Code.CT_SLICE_THICKNESS,
+            f"{problems.rel(ordered[0].path)}: SliceThickness {shown} differs from the slice spacing "
+            f"{dz:g} mm; MOQUI takes the spacing from SliceThickness",
+            ordered[0].path,
+        )

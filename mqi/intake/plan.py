@@ -1,0 +1,325 @@
+"""The RT Ion Plan: choosing it, reading its beams and checking them for MOQUI.
+
+MOQUI reads the even-indexed control points only: every energy layer must be a
+pair of control points (spots and weights on the first, the same energy and spot
+count on the second). Layer meterset = the step of the cumulative meterset weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from mqi.intake.codes import Code
+from mqi.intake.dicomio import Header, number, text, value_bytes
+from mqi.intake.discover import Inventory
+from mqi.intake.model import Beam, EnergyLayer, Plan
+from mqi.intake.problems import Problems, listing
+from mqi.intake.tags import (
+    CUMULATIVE_METERSET_WEIGHT,
+    FRAME_OF_REFERENCE_UID,
+    NOMINAL_BEAM_ENERGY,
+    NUMBER_OF_SCAN_SPOT_POSITIONS,
+    PATIENT_ID,
+    SCAN_SPOT_METERSET_WEIGHTS,
+    SCAN_SPOT_POSITION_MAP,
+    SOP_INSTANCE_UID,
+)
+
+FL_BYTES = 4
+ENERGY_TOLERANCE_MEV = 1e-3
+
+
+@dataclass
+class PlanInfo:
+    """The chosen plan, what was read from it, and what other objects are checked against."""
+
+    header: Header
+    plan: Plan | None
+    beams: list[Beam]
+    patient_id: str | None
+    structure_set_uids: list[str]
+
+
+def select_plan(inventory: Inventory, plan_uid: str | None, problems: Problems) -> Header | None:
+    plans = inventory.ion_plans
+    if not plans:
+        _no_plan(inventory, problems)
+        return None
+    uids = {h.path: text(h.dataset, SOP_INSTANCE_UID) or "" for h in plans}
+    if plan_uid is not None:
+        chosen = [h for h in plans if uids[h.path] == plan_uid]
+        if not chosen:
+            problems.error(
+                Code.PLAN_NOT_FOUND,
+                f"no RT Ion Plan with SOP Instance UID {plan_uid}; the folder holds "
+                f"{listing([f'{uids[h.path]} ({problems.rel(h.path)})' for h in plans])}",
+            )
+            return None
+        _note_ignored(plans, chosen[0], problems)
+        return chosen[0]
+    if len(plans) > 1:
+        found = [f"{problems.rel(h.path)} ({uids[h.path]})" for h in plans]
+        problems.error(
+            Code.MULTIPLE_PLANS,
+            f"{len(plans)} RT Ion Plans: {listing(found, limit=5)}; choose one with --plan UID",
+            plans[0].path,
+        )
+        return None
+    return plans[0]
+
+
+def _no_plan(inventory: Inventory, problems: Problems) -> None:
+    if inventory.photon_plans:
+        path = inventory.photon_plans[0].path
+        problems.error(
+            Code.PHOTON_PLAN,
+            f"{problems.rel(path)}: a photon RT Plan (BeamSequence); MOQUI needs an RT Ion Plan "
+            "(IonBeamSequence): export the proton plan from the TPS",
+            path,
+        )
+    else:
+        problems.error(
+            Code.NO_PLAN,
+            "no RT Ion Plan in the folder; add the plan exported from the TPS",
+        )
+
+
+def _note_ignored(plans: list[Header], chosen: Header, problems: Problems) -> None:
+    others = [problems.rel(h.path) for h in plans if h is not chosen]
+    if others:
+        problems.warn(Code.OTHER_PLANS_IGNORED, f"{listing(others)}: other RT Ion Plans, ignored")
+
+
+def read_plan(header: Header, setup_names: Iterable[str], problems: Problems) -> PlanInfo:
+    ds = header.dataset
+    rel = problems.rel(header.path)
+    info = PlanInfo(header, None, [], text(ds, PATIENT_ID), _structure_set_uids(ds))
+    try:
+        fractions, metersets = _fraction_scheme(ds, header, problems)
+        frame = text(ds, FRAME_OF_REFERENCE_UID)
+        if frame is None:
+            problems.warn(
+                Code.PLAN_NO_FRAME_OF_REFERENCE,
+                f"{rel}: no Frame of Reference UID; the CT cannot be matched to the plan",
+                header.path,
+            )
+        info.plan = Plan(
+            label=str(ds.get("RTPlanLabel", "") or ""),
+            sop_instance_uid=text(ds, SOP_INSTANCE_UID) or "",
+            fractions=fractions,
+            frame_of_reference_uid=frame,
+            path=header.path,
+        )
+        info.beams = _beams(ds, metersets, {n.casefold() for n in setup_names}, rel, problems)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as err:
+        problems.error(Code.PLAN_INVALID, f"{rel}: cannot be read as an RT Ion Plan: {err}", header.path)
+    return info
+
+
+def _structure_set_uids(ds: Dataset) -> list[str]:
+    try:
+        return [str(item.ReferencedSOPInstanceUID) for item in ds.get("ReferencedStructureSetSequence", [])]
+    except (AttributeError, TypeError, ValueError):
+        return []
+
+
+def _fraction_scheme(ds: Dataset, header: Header, problems: Problems) -> tuple[int, dict[int, float]]:
+    """Number of fractions and BeamMeterset by beam number, from the first fraction group."""
+    groups = ds.get("FractionGroupSequence")
+    if not groups:
+        problems.error(
+            Code.PLAN_NO_FRACTION_GROUP,
+            f"{problems.rel(header.path)}: no FractionGroupSequence, so no beam metersets; "
+            "re-export the plan",
+            header.path,
+        )
+        return 1, {}
+    group = groups[0]
+    fractions = int(group.get("NumberOfFractionsPlanned") or 1)
+    metersets: dict[int, float] = {}
+    for ref in group.get("ReferencedBeamSequence", []):
+        beam_number = ref.get("ReferencedBeamNumber")
+        meterset = ref.get("BeamMeterset")
+        if beam_number is not None and meterset not in (None, ""):
+            metersets[int(beam_number)] = float(meterset)
+    return fractions, metersets
+
+
+def _is_setup(item: Dataset, setup_names: set[str]) -> bool:
+    delivery = str(item.get("TreatmentDeliveryType", "") or "").upper()
+    name = str(item.get("BeamName", "") or "").strip().casefold()
+    return delivery == "SETUP" or name in setup_names
+
+
+def _beams(
+    ds: Dataset, metersets: dict[int, float], setup_names: set[str], rel: str, problems: Problems
+) -> list[Beam]:
+    items = list(ds.get("IonBeamSequence") or [])
+    treatment = [(i, item) for i, item in enumerate(items) if not _is_setup(item, setup_names)]
+    if not treatment:
+        problems.error(
+            Code.NO_TREATMENT_BEAMS,
+            f"{rel}: no treatment beams ({len(items)} beams, all setup); nothing to simulate",
+        )
+        return []
+    beams = []
+    for index, item in treatment:
+        beam = _beam(item, index, metersets, rel, problems)
+        if beam is not None:
+            beams.append(beam)
+    _duplicate_numbers(beams, rel, problems)
+    return beams
+
+
+def _duplicate_numbers(beams: list[Beam], rel: str, problems: Problems) -> None:
+    seen: set[int] = set()
+    for beam in beams:
+        if beam.number in seen:
+            problems.error(
+                Code.BEAM_NUMBER_DUPLICATE,
+                f"{rel}: beam number {beam.number} is used twice; beam numbers must be unique",
+            )
+        seen.add(beam.number)
+
+
+def _label(item: Dataset, index: int) -> str:
+    name = str(item.get("BeamName", "") or "")
+    beam_number = item.get("BeamNumber")
+    return f"beam {beam_number if beam_number is not None else f'#{index + 1}'} {name!r}".rstrip()
+
+
+def _beam(
+    item: Dataset, index: int, metersets: dict[int, float], rel: str, problems: Problems
+) -> Beam | None:
+    label = f"{rel}: {_label(item, index)}"
+    try:
+        beam_number = int(item.BeamNumber)
+        points = list(item.get("IonControlPointSequence") or [])
+        first = points[0] if points else Dataset()
+        isocenter = [float(v) for v in first.get("IsocenterPosition") or []]
+    except (AttributeError, TypeError, ValueError) as err:
+        problems.error(Code.BEAM_INVALID, f"{label}: cannot be read: {err}")
+        return None
+    radiation = str(item.get("RadiationType", "") or "").upper()
+    if radiation != "PROTON":
+        problems.error(
+            Code.BEAM_NOT_PROTON,
+            f"{label}: radiation type {radiation or 'missing'}; MOQUI simulates PROTON beams only",
+        )
+    layers = _layers(points, label, problems)
+    spots = sum(layer.spots for layer in layers)
+    if spots == 0:
+        problems.error(Code.BEAM_NO_SPOTS, f"{label}: no scan spots; nothing to simulate")
+    meterset = metersets.get(beam_number, 0.0)
+    if meterset <= 0:
+        shown = f"{meterset:g}" if beam_number in metersets else "missing"
+        problems.error(
+            Code.BEAM_ZERO_METERSET,
+            f"{label}: BeamMeterset is {shown} in the fraction group; the beam would deliver nothing",
+        )
+    if not points or len(isocenter) != 3 or first.get("GantryAngle") in (None, ""):
+        problems.error(
+            Code.BEAM_INVALID,
+            f"{label}: the first control point lacks GantryAngle or IsocenterPosition",
+        )
+        return None
+    return Beam(
+        number=beam_number,
+        name=str(item.get("BeamName", "") or ""),
+        sequence_index=index,
+        machine=str(item.get("TreatmentMachineName", "") or ""),
+        radiation_type=radiation,
+        gantry_angle=float(first.GantryAngle),
+        couch_angle=float(first.get("PatientSupportAngle") or 0.0),
+        isocenter=(isocenter[0], isocenter[1], isocenter[2]),
+        range_shifters=int(item.get("NumberOfRangeShifters") or 0),
+        blocks=int(item.get("NumberOfBlocks") or 0),
+        layers=layers,
+        spots=spots,
+        meterset=meterset,
+    )
+
+
+@dataclass
+class _PairIssues:
+    """Problems of one beam's control points, reported once per kind."""
+
+    not_paired: list[str]
+    spot_data: list[str]
+
+
+def _layers(points: list[Dataset], label: str, problems: Problems) -> list[EnergyLayer]:
+    issues = _PairIssues([], [])
+    if len(points) % 2:
+        issues.not_paired.append(f"{len(points)} control points, an odd number")
+    layers: list[EnergyLayer] = []
+    energy: float | None = None
+    for k in range(0, len(points) - 1, 2):
+        layer = _layer(points[k], points[k + 1], k, energy, issues)
+        if layer is not None:
+            energy = layer.energy_mev
+            layers.append(layer)
+    if issues.not_paired:
+        problems.error(
+            Code.CONTROL_POINTS_NOT_PAIRED,
+            f"{label}: control points are not in layer pairs ({listing(issues.not_paired)}); "
+            "MOQUI reads two control points per energy layer",
+        )
+    if issues.spot_data:
+        problems.error(
+            Code.SPOT_DATA_MISMATCH,
+            f"{label}: spot data disagree with NumberOfScanSpotPositions ({listing(issues.spot_data)})",
+        )
+    return layers
+
+
+def _layer(
+    first: Dataset, second: Dataset, k: int, energy: float | None, issues: _PairIssues
+) -> EnergyLayer | None:
+    energy_first = number(first, NOMINAL_BEAM_ENERGY) or energy
+    energy_second = number(second, NOMINAL_BEAM_ENERGY) or energy_first
+    if energy_first is None:
+        issues.not_paired.append(f"control point {k} has no NominalBeamEnergy")
+        return None
+    if energy_second is not None and abs(energy_second - energy_first) > ENERGY_TOLERANCE_MEV:
+        issues.not_paired.append(
+            f"control points {k} and {k + 1} have energies {energy_first:g} and {energy_second:g} MeV"
+        )
+    spots_first = number(first, NUMBER_OF_SCAN_SPOT_POSITIONS)
+    spots_second = number(second, NUMBER_OF_SCAN_SPOT_POSITIONS)
+    if spots_second is not None and spots_first != spots_second:
+        issues.not_paired.append(
+            f"control points {k} and {k + 1} have {spots_first or 0:g} and {spots_second:g} spots"
+        )
+    spots = int(spots_first or 0)
+    _check_spot_arrays(first, k, spots, issues)
+    start = number(first, CUMULATIVE_METERSET_WEIGHT)
+    end = number(second, CUMULATIVE_METERSET_WEIGHT)
+    if start is not None and end is not None and end < start:
+        issues.not_paired.append(f"cumulative meterset weight decreases at control point {k + 1}")
+    weight = end - start if start is not None and end is not None else _weights_sum(first)
+    return EnergyLayer(energy_mev=energy_first, spots=spots, meterset_weight=max(weight, 0.0))
+
+
+def _check_spot_arrays(point: Dataset, k: int, spots: int, issues: _PairIssues) -> None:
+    positions = value_bytes(point, SCAN_SPOT_POSITION_MAP)
+    weights = value_bytes(point, SCAN_SPOT_METERSET_WEIGHTS)
+    found = []
+    if positions is not None and positions != 2 * FL_BYTES * spots:
+        found.append(f"{positions // (2 * FL_BYTES)} positions")
+    if weights is not None and weights != FL_BYTES * spots:
+        found.append(f"{weights // FL_BYTES} weights")
+    if found:
+        issues.spot_data.append(f"control point {k}: {' and '.join(found)} for {spots} spots")
+
+
+def _weights_sum(point: Dataset) -> float:
+    weights = point.get("ScanSpotMetersetWeights")
+    if weights is None:
+        return 0.0
+    if isinstance(weights, float | int):
+        return float(weights)
+    return float(sum(weights))

@@ -1,0 +1,32 @@
+"""DICOM tags read through the raw-value helpers of `mqi.intake.dicomio`.
+
+They are BaseTag instances, not plain ints: pydicom converts an int on every
+lookup, which costs more than the lookup itself.
+"""
+
+from __future__ import annotations
+
+from pydicom.tag import BaseTag
+
+SOP_CLASS_UID = BaseTag(0x00080016)
+SOP_INSTANCE_UID = BaseTag(0x00080018)
+REFERENCED_SOP_INSTANCE_UID = BaseTag(0x00081155)
+PATIENT_ID = BaseTag(0x00100020)
+SLICE_THICKNESS = BaseTag(0x00180050)
+SERIES_INSTANCE_UID = BaseTag(0x0020000E)
+IMAGE_POSITION = BaseTag(0x00200032)
+IMAGE_ORIENTATION = BaseTag(0x00200037)
+FRAME_OF_REFERENCE_UID = BaseTag(0x00200052)
+SAMPLES_PER_PIXEL = BaseTag(0x00280002)
+ROWS = BaseTag(0x00280010)
+COLUMNS = BaseTag(0x00280011)
+PIXEL_SPACING = BaseTag(0x00280030)
+BITS_ALLOCATED = BaseTag(0x00280100)
+PIXEL_REPRESENTATION = BaseTag(0x00280103)
+RESCALE_INTERCEPT = BaseTag(0x00281052)
+RESCALE_SLOPE = BaseTag(0x00281053)
+NOMINAL_BEAM_ENERGY = BaseTag(0x300A0114)
+CUMULATIVE_METERSET_WEIGHT = BaseTag(0x300A0134)
+NUMBER_OF_SCAN_SPOT_POSITIONS = BaseTag(0x300A0392)
+SCAN_SPOT_POSITION_MAP = BaseTag(0x300A0394)
+SCAN_SPOT_METERSET_WEIGHTS = BaseTag(0x300A0396)
