@@ -57,8 +57,9 @@ class ManifestBeam(_Strict):
 
 
 class Manifest(_Strict):
+    """Only opaque identities: the bundle is visible to every cluster user."""
+
     format: int = MANIFEST_FORMAT
-    case_id: str
     case_uid: str
     plan_uid: str
     plan_label: str

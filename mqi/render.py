@@ -1,0 +1,615 @@
+"""Rendering: a checked ``Case`` plus the ``Config`` -> a self-contained bundle directory.
+
+The bundle (layout in :mod:`mqi.bundle`) needs nothing else once copied to the cluster:
+``input/`` (CT slices ``CT_0000.dcm``... sorted by z, ``RTPLAN.dcm``, ``RTSTRUCT.dcm``),
+``tps/`` (TPS RT Dose), ``delivery_logs/`` (machine logs, when the case has them),
+``beams/<number>/moqui_tps.in``, ``jobs/{prepare,simulate,post}.sbatch``,
+``jobs/submit.sh``, ``jobs/checksums.sha256`` and ``manifest.json``.
+
+Rendering is pure and deterministic: the same case and config give a byte-identical
+bundle (no timestamps, sorted keys). It refuses, with a :class:`RenderError` naming the
+key, the engine-parameter traps listed in docs/moqui.md.
+
+Job scripts come from Jinja2 templates (``mqi/templates/slurm/``, or the site folder in
+``slurm.template_dir``; a name missing there falls back to the built-in one). Templates
+see these variables: ``case_uid``, ``step``, ``directives`` (the option of each
+``#SBATCH`` line), ``prologue``, ``beam_numbers``, ``beam_count``, ``engine``,
+``python``, ``interpreter`` (word lists), ``scorer``, ``output_format``,
+``expected_bytes``, ``checksums``, ``sbatch`` (submit.sh's command lines) and the
+filter ``sh`` (shell quoting). Jinja comments are ``{## ... ##}`` so that bash's
+``${#array[@]}`` stays literal. Commands from the config (``moqui.command``,
+``moqui.interpreter_command``, ``cluster.python``) are shell *word lists*: split like
+POSIX sh splits them (quotes respected), never expanded (no ``$VAR``, ``~`` or globs;
+set the environment in ``slurm.prologue``).
+
+The helpers named ``sbatch_*`` below are the only Python here that knows sbatch syntax
+(job names and comments come from :mod:`mqi.slurm`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pydicom
+
+from mqi import moqui_params
+from mqi.bundle import MANIFEST_NAME, Manifest, ManifestBeam, ManifestGrid, sha256_file, write_manifest
+from mqi.config import Config, MoquiConfig, Priority, SlurmConfig
+from mqi.errors import UsageError
+from mqi.intake.model import Case, TPSDose
+from mqi.shell import quote, split_words
+from mqi.slurm import job_comment, job_name
+
+BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "slurm"
+STEPS = ("prepare", "simulate", "post")
+SCRIPT_NAMES = ("prepare.sbatch", "simulate.sbatch", "post.sbatch", "submit.sh")
+CHECKSUMS_NAME = "jobs/checksums.sha256"
+OWNED_KEYS = (
+    "GPUID",
+    "BeamNumbers",
+    "ParentDir",
+    "DicomDir",
+    "OutputDir",
+    "OverwriteResults",
+    "UseAbsolutePath",
+)
+SCORERS = ("Dose", "LETd", "LETt", "Dij")
+OUTPUT_FORMATS = ("raw", "mhd", "mha", "npz")
+_CASE_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DIRECTIVE_VALUE = re.compile(r"^[^\s'\"\\`$#;&|<>()]+$")
+_INT16 = (-32768, 32767)
+# Attributes whose VR (US or SS) follows PixelRepresentation: dropped when rewriting.
+_REPRESENTATION_BOUND = (
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+)
+
+
+class RenderError(UsageError):
+    """The case and config cannot make a bundle that would run correctly."""
+
+
+@dataclass(frozen=True)
+class RenderedBundle:
+    path: Path
+    manifest: Manifest
+    sbatch_lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """``moqui.parameters`` checked: the config's lines and what the job scripts need."""
+
+    lines: tuple[str, ...]
+    scorer: str
+    output_format: str
+    fixed_seed: bool
+    grid_sized: bool
+    warnings: tuple[str, ...]
+
+
+# --- sbatch syntax ------------------------------------------------------------------
+def _directive(option: str, key: str, value: object) -> str:
+    text = str(value)
+    if not _DIRECTIVE_VALUE.match(text):
+        raise RenderError(f"{key}: {text!r} cannot go into an #SBATCH line (spaces or shell characters)")
+    return f"--{option}={text}"
+
+
+def _step_resources(step: str, slurm: SlurmConfig, beam_count: int) -> list[str]:
+    if step == "simulate":
+        time_key, mem_key, cpus = "slurm.time_limit", "slurm.mem_per_beam", slurm.cpus_per_beam
+        time_limit, mem = slurm.time_limit, slurm.mem_per_beam
+    else:
+        time_key, mem_key, cpus = f"slurm.{step}_time_limit", "slurm.post_mem", 1
+        time_limit = slurm.prepare_time_limit if step == "prepare" else slurm.post_time_limit
+        mem = slurm.post_mem
+    lines = [
+        _directive("time", time_key, time_limit),
+        _directive("cpus-per-task", "slurm.cpus_per_beam", cpus),
+    ]
+    if mem:
+        lines.append(_directive("mem", mem_key, mem))
+    if step != "simulate":
+        return [*lines, "--output=logs/%x-%j.out"]
+    return [
+        *lines,
+        _directive("gres", "slurm.gpus_per_beam", f"gpu:{slurm.gpus_per_beam}"),
+        f"--array=0-{beam_count - 1}%{slurm.max_parallel_beams}",
+        "--output=logs/%x-%A_%a.out",
+    ]
+
+
+def sbatch_directives(step: str, slurm: SlurmConfig, case_uid: str, beam_count: int) -> list[str]:
+    """The options of a job script's ``#SBATCH`` lines, in order."""
+    lines = [
+        f"--job-name={job_name(case_uid, step)}",
+        f"--comment={job_comment(case_uid)}",
+        _directive("partition", "slurm.partition", slurm.partition),
+    ]
+    if slurm.account:
+        lines.append(_directive("account", "slurm.account", slurm.account))
+    if slurm.qos:
+        lines.append(_directive("qos", "slurm.qos", slurm.qos))
+    lines += _step_resources(step, slurm, beam_count)
+    for extra in slurm.extra_directives:
+        if any(ord(char) < 32 for char in extra):
+            raise RenderError(f"slurm.extra_directives: {extra!r} holds a control character")
+        lines.append(extra)
+    return lines
+
+
+def sbatch_command(step: str, priority: Priority, *extra: str) -> str:
+    """One ``sbatch`` line of submit.sh; ``extra`` are shell words (may use its variables)."""
+    words = ["sbatch", "--parsable", '--chdir="$root"', "--kill-on-invalid-dep=yes"]
+    words.append(f"--nice={priority.nice}")
+    if priority.qos:
+        words.append(quote(f"--qos={priority.qos}"))
+    return " ".join([*words, *extra, f"jobs/{step}.sbatch"])
+
+
+def sbatch_submit_lines(priority: Priority, max_parallel_beams: int) -> dict[str, str]:
+    """submit.sh's sbatch lines: the chain, and the ``--only-beams`` simulate line."""
+    return {
+        "prepare": sbatch_command("prepare", priority),
+        "simulate": sbatch_command("simulate", priority, '--dependency=afterok:"$prepare_id"'),
+        "post": sbatch_command("post", priority, '--dependency=afterany:"$simulate_id"'),
+        "simulate_only": sbatch_command("simulate", priority, f'--array="$only_beams"%{max_parallel_beams}'),
+    }
+
+
+def resolve_priority(slurm: SlurmConfig, priority: str | None) -> Priority:
+    name = priority or slurm.default_priority
+    if name not in slurm.priorities:
+        known = ", ".join(sorted(slurm.priorities))
+        raise RenderError(f"priority {name!r} is not one of slurm.priorities ({known})")
+    chosen = slurm.priorities[name]
+    if chosen.qos is not None:
+        _directive("qos", f"slurm.priorities.{name}.qos", chosen.qos)
+    return chosen
+
+
+# --- moqui_tps.in ---------------------------------------------------------------------
+def _param_text(key: str, value: Any) -> str:
+    try:
+        return moqui_params.format_value(value)
+    except ValueError as err:
+        raise RenderError(f"moqui.parameters.{key}: {err}") from None
+
+
+def _unique_keys(parameters: Mapping[str, Any]) -> dict[str, str]:
+    """Lowercase key -> key as written; refuses a key written twice in any letter case."""
+    seen: dict[str, str] = {}
+    for key in parameters:
+        if not key or "#" in key or any(char.isspace() for char in key):
+            raise RenderError(f"moqui.parameters: {key!r} is not a valid MOQUI key")
+        if key.lower() in seen:
+            raise RenderError(
+                f"moqui.parameters: {seen[key.lower()]!r} and {key!r} are the same key "
+                "(MOQUI ignores letter case and uses the first); keep one"
+            )
+        seen[key.lower()] = key
+    for owned in OWNED_KEYS:
+        if owned.lower() in seen:
+            raise RenderError(
+                f"moqui.parameters.{seen[owned.lower()]}: mqi sets this key for each beam; "
+                "remove it from the config"
+            )
+    return seen
+
+
+def _check_particles(values: Mapping[str, str]) -> None:
+    text = values.get("particlesperhistory")
+    if text is None:
+        raise RenderError("moqui.parameters.ParticlesPerHistory is missing (it must be > 0)")
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if not number > 0:
+        raise RenderError(f"moqui.parameters.ParticlesPerHistory: {text!r} must be a number > 0")
+
+
+def _check_choice(values: Mapping[str, str], key: str, allowed: tuple[str, ...], default: str) -> str:
+    text = values.get(key.lower(), default)
+    if text not in allowed:
+        raise RenderError(f"moqui.parameters.{key}: {text!r} is not one of {', '.join(allowed)}")
+    return text
+
+
+def check_parameters(moqui: MoquiConfig) -> EngineSettings:
+    """Check ``moqui.parameters`` against the traps in docs/moqui.md."""
+    keys = _unique_keys(moqui.parameters)
+    values = {key.lower(): _param_text(key, value) for key, value in moqui.parameters.items()}
+    _check_particles(values)
+    if moqui.family == "logbased" and values.get("gantrynum", "1") not in ("1", "2"):
+        raise RenderError(
+            f"moqui.parameters.GantryNum: {values['gantrynum']!r} must be 1 or 2 "
+            "(the log-based engine silently uses 2 otherwise)"
+        )
+    scorer = _check_choice(values, "Scorer", SCORERS, "Dose")
+    output_format = _check_choice(values, "OutputFormat", OUTPUT_FORMATS, "raw")
+    known = moqui_params.KNOWN_KEYS[moqui.family]
+    warnings = [
+        f"moqui.parameters.{key}: not a key {moqui.family} MOQUI reads; it would be ignored (misspelt?)"
+        for low, key in keys.items()
+        if low not in known
+    ]
+    if moqui.family == "logbased" and "gantrynum" not in values:
+        warnings.append("moqui.parameters.GantryNum is not set: the log-based engine uses gantry 2")
+    if values.get("randomseed") == "-1":
+        warnings.append("moqui.parameters.RandomSeed: -1 is time-based; results are not reproducible")
+    grid_sized = (
+        moqui.family == "upstream"
+        and scorer != "Dij"
+        and output_format in ("raw", "mhd")
+        and "scorervoxelsize" not in values
+    )
+    return EngineSettings(
+        lines=tuple(f"{key} {values[key.lower()]}" for key in moqui.parameters),
+        scorer=scorer,
+        output_format=output_format,
+        fixed_seed="randomseed" in values,
+        grid_sized=grid_sized,
+        warnings=tuple(warnings),
+    )
+
+
+def beam_seed(case_uid: str, beam_number: int) -> int:
+    """A fixed RandomSeed per beam, in 1..2**31-1, derived from the case uid."""
+    digest = hashlib.sha256(f"mqi-seed:{case_uid}:{beam_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 1) + 1
+
+
+def moqui_input_text(case_uid: str, beam_number: int, engine: EngineSettings) -> str:
+    """The text of ``beams/<number>/moqui_tps.in``."""
+    owned: list[tuple[str, Any]] = [
+        ("GPUID", 0),
+        ("BeamNumbers", beam_number),
+        ("ParentDir", "."),
+        ("DicomDir", "input"),
+        ("OutputDir", f"beams/{beam_number}/output"),
+        ("OverwriteResults", True),
+        ("UseAbsolutePath", False),
+    ]
+    if not engine.fixed_seed:
+        owned.append(("RandomSeed", beam_seed(case_uid, beam_number)))
+    lines = [
+        f"# MOQUI parameters for beam {beam_number} of case {case_uid} (rendered by mqi)",
+        *engine.lines,
+        "# set by mqi for this beam",
+        *(moqui_params.format_parameter_line(key, value) for key, value in owned),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- DICOM inputs -----------------------------------------------------------------------
+def _ds_number(value: float) -> str:
+    text = f"{value:.10g}"
+    return "0" if text in ("-0", "0") else text
+
+
+def _shift_to_int16(ds: pydicom.Dataset, label: str) -> None:
+    """Rewrite pixels as signed int16 with the same HU (stored*slope + intercept)."""
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()
+    slope = float(ds.get("RescaleSlope", 1))
+    intercept = float(ds.get("RescaleIntercept", 0))
+    if slope == 0:
+        raise RenderError(f"CT {label}: RescaleSlope is 0")
+    offset = round(intercept / slope)
+    shifted = ds.pixel_array.astype(np.int64) + offset
+    low, high = int(shifted.min()), int(shifted.max())
+    if low < _INT16[0] or high > _INT16[1]:
+        hu = (low * slope + intercept - offset * slope, high * slope + intercept - offset * slope)
+        raise RenderError(
+            f"CT {label}: HU {hu[0]:g}..{hu[1]:g} do not fit signed int16 at RescaleSlope "
+            f"{slope:g}; MOQUI needs int16 CT pixels"
+        )
+    ds.PixelData = shifted.astype("<i2").tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept = _ds_number(intercept - offset * slope)
+    ds.RescaleSlope = _ds_number(slope)
+    for keyword in _REPRESENTATION_BOUND:
+        if keyword in ds:
+            delattr(ds, keyword)
+
+
+def write_ct_slice(src: Path, dst: Path, label: str) -> bool:
+    """Copy one CT slice; rewrite it as signed int16 when it is not. True when rewritten."""
+    ds = pydicom.dcmread(src)
+    if ds.get("PixelRepresentation") == 1 and ds.get("BitsAllocated") == 16:
+        shutil.copyfile(src, dst)
+        return False
+    _shift_to_int16(ds, label)
+    ds.save_as(dst)
+    return True
+
+
+def _copy_ct(case: Case, input_dir: Path) -> bool:
+    normalised = False
+    for index, src in enumerate(case.ct.files):
+        label = f"slice {index} ({src.name})"
+        normalised |= write_ct_slice(src, input_dir / f"CT_{index:04d}.dcm", label)
+    return normalised
+
+
+def _tps_name(dose: TPSDose, taken: set[str]) -> str:
+    if dose.beam_number is not None:
+        stem = f"RD_BEAM_{dose.beam_number}"
+    else:
+        stem = "RD_" + re.sub(r"[^A-Za-z0-9]+", "_", dose.summation_type.upper()).strip("_")
+    name, count = f"{stem}.dcm", 1
+    while name in taken:
+        count += 1
+        name = f"{stem}_{count}.dcm"
+    taken.add(name)
+    return name
+
+
+def _copy_tps(case: Case, tps_dir: Path) -> list[str]:
+    names: list[str] = []
+    taken: set[str] = set()
+    ordered = sorted(
+        case.tps_doses,
+        key=lambda d: (d.beam_number is not None, d.beam_number or 0, d.summation_type, str(d.path)),
+    )
+    for dose in ordered:
+        name = _tps_name(dose, taken)
+        shutil.copyfile(dose.path, tps_dir / name)
+        names.append(f"tps/{name}")
+    return names
+
+
+def _copy_logs(log_dir: Path | None, root: Path) -> None:
+    if log_dir is None:
+        return
+    for src in sorted(path for path in log_dir.rglob("*") if path.is_file()):
+        dst = root / "delivery_logs" / src.relative_to(log_dir)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+def _copy_inputs(case: Case, root: Path) -> tuple[bool, list[str]]:
+    """input/ (CT, plan, structures), tps/ and delivery_logs/; returns (normalised, tps)."""
+    input_dir, tps_dir = root / "input", root / "tps"
+    input_dir.mkdir()
+    tps_dir.mkdir()
+    normalised = _copy_ct(case, input_dir)
+    shutil.copyfile(case.plan.path, input_dir / "RTPLAN.dcm")
+    if case.structure_set is not None:
+        shutil.copyfile(case.structure_set.path, input_dir / "RTSTRUCT.dcm")
+    tps = _copy_tps(case, tps_dir)
+    _copy_logs(case.log_dir, root)
+    return normalised, tps
+
+
+# --- job scripts ------------------------------------------------------------------------
+def _words(key: str, command: str | None) -> list[str]:
+    if command is None:
+        return []
+    try:
+        return split_words(command)
+    except ValueError as err:
+        raise RenderError(f"{key}: {command!r} is not a shell word list: {err}") from None
+
+
+def _template_env(template_dir: Path | None) -> jinja2.Environment:
+    loaders: list[jinja2.BaseLoader] = []
+    if template_dir is not None:
+        if not template_dir.is_dir():
+            raise RenderError(f"slurm.template_dir: {template_dir} is not a folder")
+        loaders.append(jinja2.FileSystemLoader(str(template_dir)))
+    loaders.append(jinja2.FileSystemLoader(str(BUILTIN_TEMPLATES)))
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        comment_start_string="{##",  # bash's ${#array[@]} must stay literal
+        comment_end_string="##}",
+    )
+    env.filters["sh"] = quote
+    return env
+
+
+def _script_context(case: Case, config: Config, engine: EngineSettings, priority: Priority) -> dict[str, Any]:
+    grid = case.ct
+    return {
+        "case_uid": case.case_uid,
+        "prologue": list(config.slurm.prologue),
+        "beam_numbers": [beam.number for beam in case.beams],
+        "beam_count": len(case.beams),
+        "engine": _words("moqui.command", config.moqui.command),
+        "interpreter": _words("moqui.interpreter_command", config.moqui.interpreter_command),
+        "python": _words("cluster.python", config.cluster.python),
+        "scorer": engine.scorer,
+        "output_format": engine.output_format,
+        "expected_bytes": grid.rows * grid.columns * grid.slices * 8 if engine.grid_sized else 0,
+        "checksums": CHECKSUMS_NAME,
+        "sbatch": sbatch_submit_lines(priority, config.slurm.max_parallel_beams),
+    }
+
+
+def render_scripts(case: Case, config: Config, engine: EngineSettings, priority: Priority) -> dict[str, str]:
+    """Script name -> text of each job script and submit.sh."""
+    env = _template_env(config.slurm.template_dir)
+    context = _script_context(case, config, engine, priority)
+    if not context["engine"]:
+        raise RenderError("moqui.command is empty")
+    if not context["python"]:
+        raise RenderError("cluster.python is empty")
+    scripts = {}
+    for name in SCRIPT_NAMES:
+        step = name.removesuffix(".sbatch")
+        directives = (
+            sbatch_directives(step, config.slurm, case.case_uid, len(case.beams)) if step in STEPS else []
+        )
+        try:
+            template = env.get_template(name)
+            scripts[name] = template.render(context, step=step, directives=directives)
+        except jinja2.TemplateError as err:
+            raise RenderError(f"job-script template {name}: {err}") from None
+    return scripts
+
+
+# --- the bundle -------------------------------------------------------------------------
+def _check_case(case: Case) -> None:
+    if not _CASE_UID.match(case.case_uid):
+        raise RenderError(f"case_uid {case.case_uid!r} is not an opaque id ([A-Za-z0-9._-], <= 64)")
+    if not case.beams:
+        raise RenderError(f"case {case.case_id}: no treatment beam to simulate")
+    numbers = [beam.number for beam in case.beams]
+    if len(set(numbers)) != len(numbers) or min(numbers) < 0:
+        raise RenderError(f"case {case.case_id}: beam numbers {numbers} are not unique and >= 0")
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode("utf-8"))
+    path.chmod(mode)
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    tops = ("input", "tps", "delivery_logs", "beams", "jobs")
+    files = sorted(p for top in tops if (root / top).is_dir() for p in (root / top).rglob("*"))
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files if p.is_file()}
+
+
+def _manifest(
+    case: Case,
+    config: Config,
+    engine: EngineSettings,
+    normalised: bool,
+    tps: list[str],
+    files: dict[str, str],
+) -> Manifest:
+    ct = case.ct
+    grid = ManifestGrid(
+        rows=ct.rows,
+        columns=ct.columns,
+        slices=ct.slices,
+        spacing=ct.spacing,
+        origin=ct.origin,
+        frame_of_reference_uid=ct.frame_of_reference_uid,
+        normalised_to_int16=normalised,
+    )
+    beams = [
+        ManifestBeam(
+            array_index=i, number=b.number, name=b.name, dir=f"beams/{b.number}", meterset=b.meterset
+        )
+        for i, b in enumerate(case.beams)
+    ]
+    return Manifest(
+        case_uid=case.case_uid,
+        plan_uid=case.plan.sop_instance_uid,
+        plan_label=case.plan.label,
+        fractions=case.plan.fractions,
+        family=config.moqui.family,
+        scorer=engine.scorer,
+        output_format=engine.output_format,
+        dose_type=config.moqui.dose_type,
+        grid=grid,
+        beams=beams,
+        plan_file="input/RTPLAN.dcm",
+        tps_doses=tps,
+        files=files,
+    )
+
+
+def _fill(
+    root: Path, case: Case, config: Config, engine: EngineSettings, scripts: dict[str, str]
+) -> Manifest:
+    """Write every file of the bundle into ``root``."""
+    normalised, tps = _copy_inputs(case, root)
+    for beam in case.beams:
+        text = moqui_input_text(case.case_uid, beam.number, engine)
+        _write(root / "beams" / str(beam.number) / "moqui_tps.in", text)
+    for name, text in scripts.items():
+        _write(root / "jobs" / name, text, 0o755)
+    (root / "logs").mkdir()
+    files = _checksums(root)
+    _write(root / CHECKSUMS_NAME, "".join(f"{h}  {p}\n" for p, h in sorted(files.items())))
+    manifest = _manifest(case, config, engine, normalised, tps, files)
+    write_manifest(root, manifest)
+    return manifest
+
+
+def _beam_name_warnings(case: Case) -> list[str]:
+    return [
+        f"beam {beam.number}: its name holds '/', and MOQUI names its output file after the "
+        "beam: it will not be able to write it"
+        for beam in case.beams
+        if "/" in beam.name
+    ]
+
+
+def _check_target(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RenderError(f"{out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
+        raise RenderError(f"{out_dir} is not empty and holds no bundle; choose a new or empty folder")
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move the finished bundle into place, replacing an older bundle there."""
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    out_dir.rename(old)
+    staging.rename(out_dir)
+    shutil.rmtree(old)
+
+
+def render_bundle(
+    case: Case, config: Config, out_dir: Path, *, priority: str | None = None
+) -> RenderedBundle:
+    """Render ``case`` into the bundle folder ``out_dir`` (created; an older bundle is replaced).
+
+    The config and case checks run before anything is written, and the bundle is built in
+    a staging folder that is removed on any error: a RenderError leaves no trace.
+    """
+    _check_case(case)
+    chosen = resolve_priority(config.slurm, priority)
+    engine = check_parameters(config.moqui)
+    scripts = render_scripts(case, config, engine, chosen)
+    out_dir = Path(out_dir).absolute()
+    _check_target(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".rendering", dir=out_dir.parent))
+    try:
+        staging.chmod(0o755)
+        manifest = _fill(staging, case, config, engine, scripts)
+        _publish(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    lines = sbatch_submit_lines(chosen, config.slurm.max_parallel_beams)
+    return RenderedBundle(
+        path=out_dir,
+        manifest=manifest,
+        sbatch_lines=[lines[step] for step in STEPS],
+        warnings=[*engine.warnings, *_beam_name_warnings(case)],
+    )
+
+
+def dry_run(case: Case, config: Config, out_dir: Path, priority: str | None = None) -> RenderedBundle:
+    """What ``mqi submit --dry-run`` shows: the bundle rendered locally, nothing submitted."""
+    return render_bundle(case, config, out_dir, priority=priority)
