@@ -14,7 +14,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,18 @@ def query_command(job_ids: Iterable[str], since_iso: str) -> tuple[str, int]:
 
 
 def merge_records(sacct: list[JobRecord], squeue: list[JobRecord]) -> dict[str, JobRecord]:
-    """By job id (``123`` or ``123_4``): squeue for live jobs, else sacct's latest."""
-    merged = slurm.latest_by_job(sacct)
+    """By job id (``123`` or ``123_4``): squeue for live jobs, else sacct's latest.
+
+    squeue is the authority on what is alive: a job sacct still calls pending or running
+    but squeue does not know is a stale accounting record (slurmctld lost it) and is
+    left out, so that it can be found lost.
+    """
+    live_parents = {record.parent_id for record in squeue}
+    merged = {
+        job_id: record
+        for job_id, record in slurm.latest_by_job(sacct).items()
+        if slurm.phase_of(record)[0] in slurm.TERMINAL or record.parent_id in live_parents
+    }
     for record in squeue:
         if slurm.phase_of(record)[0] not in slurm.TERMINAL or record.job_id not in merged:
             merged[record.job_id] = record
@@ -86,8 +96,12 @@ class Poller:
         if jobs:
             records = self._query(jobs, report)
             if records is not None:
+                uids = {case.case_id: case.case_uid for case in self.store.list_cases()}
                 for job in jobs:
-                    self._mirror_job(job, records, report)
+                    # Ids are recycled after a controller loses its state: match names too.
+                    name = slurm.job_name(uids.get(job.case_id, ""), job.step)
+                    own = [r for r in records.values() if r.parent_id == job.job_id and r.name == name]
+                    self._mirror_job(job, own, report)
         for case in self.store.list_cases(sorted(ACTIVE_CASE_STATUSES)):
             try:
                 self._settle_case(case.case_id, report)
@@ -119,12 +133,12 @@ class Poller:
             report.errors.append(str(error))
             return None
 
-    def _mirror_job(self, job: Job, records: dict[str, JobRecord], report: PollReport) -> None:
-        own = [r for r in records.values() if r.parent_id == job.job_id]
+    def _mirror_job(self, job: Job, own: list[JobRecord], report: PollReport) -> None:
         if not own:
             self._maybe_lost(job, report)
             return
         if job.step == "simulate":
+            own = _as_tasks(own, job.array_indices)
             self._mirror_tasks(job, own, report)
             phases = [slurm.phase_of(r)[0] for r in own]
             expected = _count_indices(job.array_indices)
@@ -367,6 +381,17 @@ def _beam_errors(summary: dict[str, Any]) -> str:
         if b["status"] != "completed"
     ]
     return "; ".join(parts) or "the plan sum was not written"
+
+
+def _as_tasks(records: list[JobRecord], indices: str | None) -> list[JobRecord]:
+    """sacct may list a one-task array as plain ``39`` before ``39_1``: name the task."""
+    only = _parse_indices(indices) if indices else []
+    if len(only) != 1:
+        return [r for r in records if r.array_index is not None]
+    named = [r for r in records if r.array_index is not None]
+    if named:
+        return named
+    return [replace(r, job_id=f"{r.parent_id}_{only[0]}") for r in records[:1]]
 
 
 def _summary_state(tasks: list[JobRecord]) -> str:

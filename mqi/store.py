@@ -799,7 +799,7 @@ class Store:
                 job_id = str(spec["job_id"])
                 existing = self.get_job(job_id)
                 if existing is not None:
-                    raise ValueError(f"Slurm job {job_id} is already recorded for case {existing.case_id!r}")
+                    self._retire_recycled_id(existing, now)
                 row = {
                     "job_id": job_id,
                     "case_id": case_id,
@@ -816,6 +816,24 @@ class Store:
                 self._event(case_id, "job", job_id, "state", None, row["state"], reason, now)
                 added.append(job_id)
             return [job for job in map(self.get_job, added) if job is not None]
+
+    def _retire_recycled_id(self, old: Job, now: str) -> None:
+        """Slurm handed out an id we already track (ids restart after a controller loses its
+        state): the old job is gone for certain. Keep its row under ``<id>~<n>``."""
+        if not old.finished:
+            self._event(
+                old.case_id, "job", old.job_id, "state", old.state, "LOST", "job id reused by Slurm", now
+            )
+        n = 1 + len(self._rows("SELECT job_id FROM jobs WHERE job_id LIKE ?", [f"{old.job_id}~%"]))
+        self._update(
+            "jobs",
+            {"job_id": old.job_id},
+            {
+                "job_id": f"{old.job_id}~{n}",
+                "finished": True,
+                "state": "LOST" if not old.finished else old.state,
+            },
+        )
 
     def update_job(self, job_id: str, **fields: Any) -> Job:
         """Set fields of a job; a changed Slurm state appends an event."""

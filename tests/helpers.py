@@ -72,7 +72,7 @@ def live_chains(case_uid: str) -> int:
 
 
 def cancel_case_jobs(case_uid: str) -> None:
-    from mqi import slurm
-
-    names = ",".join(slurm.job_name(case_uid, step) for step in slurm.STEPS)
-    subprocess.run(["scancel", f"--name={names}"], capture_output=True)
+    """scancel every job of a case (tests clean the shared cluster up after themselves)."""
+    ids = sorted({record.parent_id for records in slurm_jobs(case_uid).values() for record in records})
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True)

@@ -342,8 +342,6 @@ def test_jobs(store: Store) -> None:
         ("12", "PENDING", 1, False),
     ]
     store.add_jobs("c2", [{"job_id": 20, "step": "simulate", "array_indices": "1,3", "generation": 2}])
-    with pytest.raises(ValueError, match="already recorded"):
-        store.add_jobs("c2", [{"job_id": "10", "step": "post"}])
     assert store.oldest_active_submit_time() == "2026-01-01T00:00:05Z"
 
     store.update_job("10", state="RUNNING")
@@ -421,3 +419,17 @@ def test_timestamps(store: Store) -> None:
     assert case is not None and case.status == "new"
     for value in (case.created_at, case.updated_at, store.events()[0].at):
         assert value.endswith("Z") and parse_utc(value)
+
+
+def test_a_job_id_reused_by_slurm_retires_the_old_job(tmp_path: Path) -> None:
+    store = Store(tmp_path / "mqi.db")
+    _new_case(store, "c1")
+    _new_case(store, "c2")
+    store.add_jobs("c1", [{"job_id": "358", "step": "post"}])
+    store.add_jobs("c2", [{"job_id": "358", "step": "post"}])
+    assert store.get_job("358").case_id == "c2"
+    old = store.get_job("358~1")
+    assert old is not None and old.case_id == "c1" and old.finished and old.state == "LOST"
+    assert [j.job_id for j in store.active_jobs()] == ["358"]
+    reasons = [e.reason for e in store.events("c1") if e.entity == "job" and e.new == "LOST"]
+    assert reasons == ["job id reused by Slurm"]
