@@ -712,3 +712,32 @@ def build_case(
         ct_series_uid=uids.ct_series,
         beam_names=names,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mqi.synthetic FOLDER``: write a synthetic case (for the demo and trials)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mqi.synthetic", description="Write a synthetic water-phantom proton case."
+    )
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--beams", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--spots-per-layer", type=int, default=16)
+    parser.add_argument("--shape", default="64,64,40", help="rows,columns,slices")
+    args = parser.parse_args(argv)
+    rows, columns, slices = (int(v) for v in args.shape.split(","))
+    case = build_case(
+        args.folder,
+        beams=args.beams,
+        layers=args.layers,
+        spots_per_layer=args.spots_per_layer,
+        ct_shape=(rows, columns, slices),
+    )
+    print(f"wrote a {args.beams}-beam synthetic case to {case.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
