@@ -131,6 +131,20 @@ def test_overlapping_scans_and_a_poll_submit_each_case_once(
             cancel_case_jobs(case["case_uid"])
 
 
+def resume_drained_node(seconds: float = 15) -> None:
+    """After a controller crash Slurm may drain the node ("Duplicate jobid"); an admin resumes it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        states = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True).stdout
+        for line in states.splitlines():
+            node, _, state = line.partition(" ")
+            if state.startswith("drain") or state.startswith("down"):
+                subprocess.run(
+                    ["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True
+                )
+        time.sleep(1)
+
+
 def test_slurmctld_killed_while_cases_run(make_config: Callable[..., Path], tmp_path: Path) -> None:
     standin = os.environ["MQI_TEST_STANDIN"]
     config = make_config(moqui={"command": f"{standin} --seconds 6"})
@@ -142,6 +156,7 @@ def test_slurmctld_killed_while_cases_run(make_config: Callable[..., Path], tmp_
     assert during.returncode in (0, 1)
     assert all(c["status"] not in ("failed",) for c in status_of(config)), "an outage never fails a case"
     subprocess.run([str(ROOT / "scripts" / "dev-cluster.sh"), "start"], check=True, capture_output=True)
+    resume_drained_node()
     result = poll_wait(config, timeout=300)
     assert result.returncode == 0, result.stderr
     for outcome in outcomes:
