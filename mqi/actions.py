@@ -66,9 +66,13 @@ def retry_case(
 
 def top_case(store: Store, transport: Transport, case_id: str) -> list[str]:
     """Move a queued case ahead of this user's other pending jobs (scontrol top)."""
-    live = [job.job_id for job in store.list_jobs(case_id) if not job.finished]
+    live = [
+        job.job_id
+        for job in store.list_jobs(case_id)
+        if not job.finished and (job.state or "PENDING").startswith("PENDING")
+    ]
     if not live:
-        raise UsageError(f"case {case_id} has no queued job")
+        raise UsageError(f"case {case_id} has no pending job to move up (`mqi poll` refreshes states)")
     result = transport.run(slurm.scontrol_top_command(live), timeout=60)
     if not result.ok:
         raise OperationalError(f"scontrol top refused: {result.first_error_line()}")

@@ -332,7 +332,7 @@ def poll(
         print_json(report.to_json())
     elif not quiet:
         out.print(f"{report.active_cases} active case(s); {report.jobs_tracked} job(s) tracked")
-    if report.errors and not report.jobs_tracked:
+    if report.errors:
         raise typer.Exit(1)
 
 
@@ -456,7 +456,8 @@ def _span(start: str | None, end: str | None) -> str:
 
 def _print_case(data: dict[str, Any]) -> None:
     style = _STYLE.get(data["status"], "")
-    out.print(f"[bold]{data['case_id']}[/]  [{style}]{data['status']}[/]" if style else data["case_id"])
+    shown = f"[{style}]{data['status']}[/]" if style else data["status"]
+    out.print(f"[bold]{data['case_id']}[/]  {shown}")
     if data["error"]:
         out.print(f"error: {data['error']}", markup=False)
     for problem in data["errors"]:

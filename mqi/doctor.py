@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from mqi import slurm
 from mqi.config import Config
 from mqi.errors import MqiError
+from mqi.shell import join_words, split_words
 from mqi.transport import Transport
 
 
@@ -72,20 +73,22 @@ def run_checks(config: Config, transport: Transport) -> list[Check]:
         "sacct accounting",
         slurm.accounting_command(),
         lambda _: "slurmdbd answers",
-        "without accounting mqi falls back to squeue and may miss finished jobs",
+        "mqi needs Slurm accounting (slurmdbd) to follow finished jobs; ask the cluster admins",
     )
     checks.append(_partition_check(config, transport))
     engine = _first_word(config.moqui.command)
+    # The jobs run the prologue first (e.g. "module load ..."), so the check does too.
+    prologue = "".join(f"{line}; " for line in config.slurm.prologue)
     remote(
         "simulator command",
-        f"command -v {shlex.quote(engine)}",
+        f"{prologue}command -v {shlex.quote(engine)}",
         lambda out: out,
         "set moqui.command to the engine's path on the cluster",
     )
     python = config.cluster.python
     remote(
         "remote python",
-        f"{shlex.quote(python)} -c 'import mqi, mqi.post; print(mqi.__version__)'",
+        f"{prologue}{join_words(split_words(python))} -c 'import mqi, mqi.post; print(mqi.__version__)'",
         lambda out: f"{python}: mqi {out}",
         "install mqi on the cluster and set cluster.python (the post job runs python -m mqi.post)",
     )

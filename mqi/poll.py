@@ -23,6 +23,7 @@ from mqi import slurm
 from mqi.bundle import RESULTS_DIR, SUMMARY_NAME, sha256_file
 from mqi.config import Config
 from mqi.errors import MqiError, OperationalError, TransportError
+from mqi.locks import file_lock
 from mqi.slurm import JobRecord, Phase
 from mqi.store import ACTIVE_CASE_STATUSES, TERMINAL_BEAM_STATUSES, Job, Store, parse_utc, utc_now
 from mqi.submit import is_transient_slurm_error, run_submit_script
@@ -90,6 +91,11 @@ class Poller:
 
     # -- one cycle ----------------------------------------------------------------------
     def poll_once(self) -> PollReport:
+        """One cycle; cycles of concurrent pollers (cron, `mqi run`, a user) take turns."""
+        with file_lock(self.config.state_dir / "locks" / "poll.lock", what="mqi poll"):
+            return self._cycle()
+
+    def _cycle(self) -> PollReport:
         report = PollReport()
         jobs = self.store.active_jobs()
         report.jobs_tracked = len(jobs)
@@ -169,6 +175,8 @@ class Poller:
             if beam is None or (beam.status in TERMINAL_BEAM_STATUSES and beam.slurm_state == record.state):
                 continue
             phase, reason = slurm.phase_of(record)
+            if phase is Phase.PENDING and record.reason and not reason:
+                reason = f"waiting: {record.reason}"  # Priority, Resources, Dependency, ...
             status = {Phase.PENDING: "pending", Phase.RUNNING: "running"}.get(phase, beam.status)
             if phase is Phase.FAILED:
                 status = "failed"
@@ -182,7 +190,7 @@ class Poller:
                 fields["ended_at"] = slurm.slurm_time_to_utc_iso(record.end)
             if record.exit_code is not None:
                 fields["exit_code"] = record.exit_code
-            if status != beam.status or record.state_detail != beam.slurm_state:
+            if status != beam.status or record.state_detail != beam.slurm_state or reason != beam.reason:
                 report.changes += 1
                 self.store.update_beam(job.case_id, beam.number, status=status, reason=reason, **fields)
 

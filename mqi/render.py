@@ -43,12 +43,12 @@ import numpy as np
 import pydicom
 
 from mqi import moqui_params
+from mqi import slurm as slurm_syntax
 from mqi.bundle import MANIFEST_NAME, Manifest, ManifestBeam, ManifestGrid, sha256_file, write_manifest
 from mqi.config import Config, MoquiConfig, Priority, SlurmConfig
 from mqi.errors import UsageError
 from mqi.intake.model import Case, TPSDose
 from mqi.shell import quote, split_words
-from mqi.slurm import job_comment, job_name
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "slurm"
 STEPS = ("prepare", "simulate", "post")
@@ -66,7 +66,6 @@ OWNED_KEYS = (
 SCORERS = ("Dose", "LETd", "LETt", "Dij")
 OUTPUT_FORMATS = ("raw", "mhd", "mha", "npz")
 _CASE_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_DIRECTIVE_VALUE = re.compile(r"^[^\s'\"\\`$#;&|<>()]+$")
 _INT16 = (-32768, 32767)
 # Attributes whose VR (US or SS) follows PixelRepresentation: dropped when rewriting.
 _REPRESENTATION_BOUND = (
@@ -103,76 +102,6 @@ class EngineSettings:
     warnings: tuple[str, ...]
 
 
-# --- sbatch syntax ------------------------------------------------------------------
-def _directive(option: str, key: str, value: object) -> str:
-    text = str(value)
-    if not _DIRECTIVE_VALUE.match(text):
-        raise RenderError(f"{key}: {text!r} cannot go into an #SBATCH line (spaces or shell characters)")
-    return f"--{option}={text}"
-
-
-def _step_resources(step: str, slurm: SlurmConfig, beam_count: int) -> list[str]:
-    if step == "simulate":
-        time_key, mem_key, cpus = "slurm.time_limit", "slurm.mem_per_beam", slurm.cpus_per_beam
-        time_limit, mem = slurm.time_limit, slurm.mem_per_beam
-    else:
-        time_key, mem_key, cpus = f"slurm.{step}_time_limit", "slurm.post_mem", 1
-        time_limit = slurm.prepare_time_limit if step == "prepare" else slurm.post_time_limit
-        mem = slurm.post_mem
-    lines = [
-        _directive("time", time_key, time_limit),
-        _directive("cpus-per-task", "slurm.cpus_per_beam", cpus),
-    ]
-    if mem:
-        lines.append(_directive("mem", mem_key, mem))
-    if step != "simulate":
-        return [*lines, "--output=logs/%x-%j.out"]
-    return [
-        *lines,
-        _directive("gres", "slurm.gpus_per_beam", f"gpu:{slurm.gpus_per_beam}"),
-        f"--array=0-{beam_count - 1}%{slurm.max_parallel_beams}",
-        "--output=logs/%x-%A_%a.out",
-    ]
-
-
-def sbatch_directives(step: str, slurm: SlurmConfig, case_uid: str, beam_count: int) -> list[str]:
-    """The options of a job script's ``#SBATCH`` lines, in order."""
-    lines = [
-        f"--job-name={job_name(case_uid, step)}",
-        f"--comment={job_comment(case_uid)}",
-        _directive("partition", "slurm.partition", slurm.partition),
-    ]
-    if slurm.account:
-        lines.append(_directive("account", "slurm.account", slurm.account))
-    if slurm.qos:
-        lines.append(_directive("qos", "slurm.qos", slurm.qos))
-    lines += _step_resources(step, slurm, beam_count)
-    for extra in slurm.extra_directives:
-        if any(ord(char) < 32 for char in extra):
-            raise RenderError(f"slurm.extra_directives: {extra!r} holds a control character")
-        lines.append(extra)
-    return lines
-
-
-def sbatch_command(step: str, priority: Priority, *extra: str) -> str:
-    """One ``sbatch`` line of submit.sh; ``extra`` are shell words (may use its variables)."""
-    words = ["sbatch", "--parsable", '--chdir="$root"', "--kill-on-invalid-dep=yes"]
-    words.append(f"--nice={priority.nice}")
-    if priority.qos:
-        words.append(quote(f"--qos={priority.qos}"))
-    return " ".join([*words, *extra, f"jobs/{step}.sbatch"])
-
-
-def sbatch_submit_lines(priority: Priority, max_parallel_beams: int) -> dict[str, str]:
-    """submit.sh's sbatch lines: the chain, and the ``--only-beams`` simulate line."""
-    return {
-        "prepare": sbatch_command("prepare", priority),
-        "simulate": sbatch_command("simulate", priority, '--dependency=afterok:"$prepare_id"'),
-        "post": sbatch_command("post", priority, '--dependency=afterany:"$simulate_id"'),
-        "simulate_only": sbatch_command("simulate", priority, f'--array="$only_beams"%{max_parallel_beams}'),
-    }
-
-
 def resolve_priority(slurm: SlurmConfig, priority: str | None) -> Priority:
     name = priority or slurm.default_priority
     if name not in slurm.priorities:
@@ -180,7 +109,10 @@ def resolve_priority(slurm: SlurmConfig, priority: str | None) -> Priority:
         raise RenderError(f"priority {name!r} is not one of slurm.priorities ({known})")
     chosen = slurm.priorities[name]
     if chosen.qos is not None:
-        _directive("qos", f"slurm.priorities.{name}.qos", chosen.qos)
+        try:
+            slurm_syntax.directive("qos", f"slurm.priorities.{name}.qos", chosen.qos)
+        except slurm_syntax.DirectiveError as err:
+            raise RenderError(str(err)) from None
     return chosen
 
 
@@ -444,7 +376,7 @@ def _script_context(case: Case, config: Config, engine: EngineSettings, priority
         "output_format": engine.output_format,
         "expected_bytes": grid.rows * grid.columns * grid.slices * 8 if engine.grid_sized else 0,
         "checksums": CHECKSUMS_NAME,
-        "sbatch": sbatch_submit_lines(priority, config.slurm.max_parallel_beams),
+        "sbatch": slurm_syntax.sbatch_submit_lines(priority, config.slurm.max_parallel_beams),
     }
 
 
@@ -459,9 +391,14 @@ def render_scripts(case: Case, config: Config, engine: EngineSettings, priority:
     scripts = {}
     for name in SCRIPT_NAMES:
         step = name.removesuffix(".sbatch")
-        directives = (
-            sbatch_directives(step, config.slurm, case.case_uid, len(case.beams)) if step in STEPS else []
-        )
+        try:
+            directives = (
+                slurm_syntax.sbatch_directives(step, config.slurm, case.case_uid, len(case.beams))
+                if step in STEPS
+                else []
+            )
+        except slurm_syntax.DirectiveError as err:
+            raise RenderError(str(err)) from None
         try:
             template = env.get_template(name)
             scripts[name] = template.render(context, step=step, directives=directives)
@@ -601,7 +538,7 @@ def render_bundle(
         _publish(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    lines = sbatch_submit_lines(chosen, config.slurm.max_parallel_beams)
+    lines = slurm_syntax.sbatch_submit_lines(chosen, config.slurm.max_parallel_beams)
     return RenderedBundle(
         path=out_dir,
         manifest=manifest,

@@ -15,6 +15,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from mqi.errors import UsageError
+
+if TYPE_CHECKING:
+    from mqi.config import Priority, SlurmConfig
 
 JOB_NAME_PREFIX = "mqi."
 STEPS = ("prepare", "simulate", "post")
@@ -121,6 +127,84 @@ def submit_command(bundle_dir: str, only_indices: Iterable[int] | None = None) -
         return f"bash {script}"
     indices = ",".join(str(i) for i in sorted(set(only_indices)))
     return f"bash {script} --only-beams {shlex.quote(indices)}"
+
+
+# -- job script directives and submit.sh lines (rendered into the bundle) ---------------
+
+_DIRECTIVE_VALUE = re.compile(r"^[^\s'\"\\`$#;&|<>()]+$")
+
+
+class DirectiveError(UsageError):
+    """A config value that cannot go into an #SBATCH line."""
+
+
+def directive(option: str, key: str, value: object) -> str:
+    text = str(value)
+    if not _DIRECTIVE_VALUE.match(text):
+        raise DirectiveError(f"{key}: {text!r} cannot go into an #SBATCH line (spaces or shell characters)")
+    return f"--{option}={text}"
+
+
+def _step_resources(step: str, slurm: SlurmConfig, beam_count: int) -> list[str]:
+    if step == "simulate":
+        time_key, mem_key, cpus = "slurm.time_limit", "slurm.mem_per_beam", slurm.cpus_per_beam
+        time_limit, mem = slurm.time_limit, slurm.mem_per_beam
+    else:
+        time_key, mem_key, cpus = f"slurm.{step}_time_limit", "slurm.post_mem", 1
+        time_limit = slurm.prepare_time_limit if step == "prepare" else slurm.post_time_limit
+        mem = slurm.post_mem
+    lines = [
+        directive("time", time_key, time_limit),
+        directive("cpus-per-task", "slurm.cpus_per_beam", cpus),
+    ]
+    if mem:
+        lines.append(directive("mem", mem_key, mem))
+    if step != "simulate":
+        return [*lines, "--output=logs/%x-%j.out"]
+    return [
+        *lines,
+        directive("gres", "slurm.gpus_per_beam", f"gpu:{slurm.gpus_per_beam}"),
+        f"--array=0-{beam_count - 1}%{slurm.max_parallel_beams}",
+        "--output=logs/%x-%A_%a.out",
+    ]
+
+
+def sbatch_directives(step: str, slurm: SlurmConfig, case_uid: str, beam_count: int) -> list[str]:
+    """The options of a job script's ``#SBATCH`` lines, in order."""
+    lines = [
+        f"--job-name={job_name(case_uid, step)}",
+        f"--comment={job_comment(case_uid)}",
+        directive("partition", "slurm.partition", slurm.partition),
+    ]
+    if slurm.account:
+        lines.append(directive("account", "slurm.account", slurm.account))
+    if slurm.qos:
+        lines.append(directive("qos", "slurm.qos", slurm.qos))
+    lines += _step_resources(step, slurm, beam_count)
+    for extra in slurm.extra_directives:
+        if any(ord(char) < 32 for char in extra):
+            raise DirectiveError(f"slurm.extra_directives: {extra!r} holds a control character")
+        lines.append(extra)
+    return lines
+
+
+def sbatch_command(step: str, priority: Priority, *extra: str) -> str:
+    """One ``sbatch`` line of submit.sh; ``extra`` are shell words (may use its variables)."""
+    words = ["sbatch", "--parsable", '--chdir="$root"', "--kill-on-invalid-dep=yes"]
+    words.append(f"--nice={priority.nice}")
+    if priority.qos:
+        words.append(shlex.quote(f"--qos={priority.qos}"))
+    return " ".join([*words, *extra, f"jobs/{step}.sbatch"])
+
+
+def sbatch_submit_lines(priority: Priority, max_parallel_beams: int) -> dict[str, str]:
+    """submit.sh's sbatch lines: the chain, and the ``--only-beams`` simulate line."""
+    return {
+        "prepare": sbatch_command("prepare", priority),
+        "simulate": sbatch_command("simulate", priority, '--dependency=afterok:"$prepare_id"'),
+        "post": sbatch_command("post", priority, '--dependency=afterany:"$simulate_id"'),
+        "simulate_only": sbatch_command("simulate", priority, f'--array="$only_beams"%{max_parallel_beams}'),
+    }
 
 
 # -- parsers -------------------------------------------------------------------

@@ -128,13 +128,20 @@ def with_retries(action: Callable[[], Any], *, seconds: float, what: str, log: C
 def run_submit_script(
     transport: Transport, remote_dir: str, *, only_indices: Iterable[int] | None = None, prefix: str = ""
 ) -> dict[str, str | None]:
-    """Run the bundle's submit.sh (one round trip) and return its job ids."""
-    result = transport.run(prefix + slurm.submit_command(remote_dir, only_indices), timeout=300)
+    """Run the bundle's submit.sh (one round trip) and return its job ids.
+
+    A summary left by an earlier chain is removed first, so that a new post job that dies
+    early can never make the poller deliver the old results again.
+    """
+    stale = shlex.quote(f"{remote_dir}/results/summary.json")
+    command = f"{prefix}rm -f {stale} && {slurm.submit_command(remote_dir, only_indices)}"
+    result = transport.run(command, timeout=300)
     if not result.ok:
-        line = result.first_error_line()
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        said = "; ".join(lines[-4:]) or result.first_error_line()
         if is_transient_slurm_error(result.stderr + result.stdout):
-            raise TransportError(f"Slurm is not answering ({line})", transient=True)
-        raise OperationalError(f"Slurm refused the case: {line}")
+            raise TransportError(f"Slurm is not answering ({said})", transient=True)
+        raise OperationalError(f"Slurm refused the case: {said}")
     try:
         return slurm.parse_submit_output(result.stdout)
     except slurm.SlurmOutputError as error:
@@ -289,7 +296,8 @@ class Submitter:
             folder_fingerprint=folder_fingerprint(case_dir),
             error=None,
             errors=[],
-            attempts=(stored.attempts + 1) if (stored and force) else (stored.attempts if stored else 0),
+            # attempts counts automatic resubmissions of lost chains; --force starts afresh.
+            attempts=0 if force or not stored else stored.attempts,
         )
         bundle_dir = self.config.bundles_dir / case.case_uid
         rendered = render_bundle(case, self.config, bundle_dir, priority=chosen_priority)
@@ -334,7 +342,10 @@ class Submitter:
         rename = f"mkdir -p {shlex.quote(remote)}/logs && "
         if remote_kind != "final" or stats.files_sent:
             partial = shlex.quote(remote + ".partial")
-            rename = f"mkdir -p {partial}/logs && mv -T {partial} {shlex.quote(remote)} && "
+            # Patient data: only the cluster user may read the bundle.
+            rename = (
+                f"mkdir -p {partial}/logs && chmod 700 {partial} && mv -T {partial} {shlex.quote(remote)} && "
+            )
         ids = run_submit_script(self.transport, remote, prefix=rename)
         chain = Chain(ids["prepare"], ids["simulate"] or "", ids["post"] or "")
         self._record(case_id, rendered, remote, chain, adopted=False)

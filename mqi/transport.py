@@ -190,9 +190,12 @@ class SSHTransport:
             },
         )
         connection = fabric.Connection(cluster.host, user=cluster.user, port=cluster.port, config=config)
-        client = connection.client
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.load_host_keys(str(known_hosts))
+        # Every hop is checked, ProxyJump gateways included (fabric would auto-add theirs).
+        hop = connection
+        while isinstance(hop, fabric.Connection):
+            hop.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            hop.client.load_host_keys(str(known_hosts))
+            hop = hop.gateway
         where = f"{connection.user}@{connection.host}:{connection.port}"
         try:
             connection.open()
@@ -273,7 +276,8 @@ class SSHTransport:
         names = list(names)
         dirs = sorted({str(PurePosixPath(remote_root, name).parent) for name in names})
         if dirs:
-            mkdir = self.run("mkdir -p " + " ".join(shlex.quote(d) for d in dirs))
+            # Folders of patient data are private to the cluster user from the start.
+            mkdir = self.run("umask 077 && mkdir -p " + " ".join(shlex.quote(d) for d in dirs))
             if not mkdir.ok:
                 raise TransportError(
                     f"cannot create {remote_root} on the cluster: {mkdir.first_error_line()}"
