@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mqi import views
 from mqi.config import Config, example_config_text, load_config
 from mqi.errors import MqiError
 
@@ -336,63 +337,6 @@ def poll(
         raise typer.Exit(1)
 
 
-def _age(iso: str | None) -> str:
-    if not iso:
-        return ""
-    from mqi.slurm import utc_now
-    from mqi.store import parse_utc
-
-    seconds = int((utc_now() - parse_utc(iso)).total_seconds())
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
-
-
-_STYLE = {
-    "completed": "green",
-    "failed": "red",
-    "rejected": "red",
-    "cancelled": "yellow",
-    "running": "cyan",
-    "postprocessing": "cyan",
-}
-
-
-def _case_json(store: Any, case: Any) -> dict[str, Any]:
-    jobs = store.list_jobs(case.case_id)
-    return {
-        "case_id": case.case_id,
-        "case_uid": case.case_uid,
-        "status": case.status,
-        "error": case.error,
-        "errors": case.errors,
-        "results_dir": case.results_dir,
-        "priority": case.priority,
-        "created_at": case.created_at,
-        "submitted_at": case.submitted_at,
-        "finished_at": case.finished_at,
-        "beams": [
-            {
-                "number": beam.number,
-                "name": beam.name,
-                "status": beam.status,
-                "slurm_state": beam.slurm_state,
-                "job_id": beam.job_id,
-                "exit_code": beam.exit_code,
-                "reason": beam.reason,
-                "node": beam.node,
-                "dose_file": beam.dose_file,
-            }
-            for beam in store.list_beams(case.case_id)
-        ],
-        "jobs": [job.to_dict() for job in jobs],
-    }
-
-
 @app.command()
 @handle_errors
 def status(
@@ -405,85 +349,20 @@ def status(
         store = session.store
         if case_id:
             case = store.require_case(case_id)
-            data = _case_json(store, case)
+            data = views.case_status(store, case)
             if as_json:
                 print_json(data)
             else:
-                _print_case(data)
+                out.print(views.case_detail(data))
             return
         cases = store.list_cases()
         if as_json:
-            print_json([_case_json(store, case) for case in cases])
+            print_json([views.case_status(store, case) for case in cases])
             return
         if not cases:
             out.print("no cases yet: `mqi submit CASE_DIR` or put folders in watch_dir for `mqi scan`")
             return
-        table = Table(title="mqi cases")
-        for column in ("case", "status", "beams", "age", "waited", "ran", "error"):
-            table.add_column(column, overflow="fold")
-        for case in cases:
-            beams = store.list_beams(case.case_id)
-            done = sum(beam.status == "completed" for beam in beams)
-            started = [b.started_at for b in beams if b.started_at]
-            ended = [b.ended_at for b in beams if b.ended_at]
-            waited = _span(case.submitted_at, min(started) if started else None)
-            ran = _span(min(started) if started else None, max(ended) if ended else None)
-            style = _STYLE.get(case.status, "")
-            table.add_row(
-                case.case_id,
-                f"[{style}]{case.status}[/]" if style else case.status,
-                f"{done}/{len(beams)}" if beams else "",
-                _age(case.created_at),
-                waited,
-                ran,
-                (case.error or "")[:120],
-            )
-        out.print(table)
-
-
-def _span(start: str | None, end: str | None) -> str:
-    """Minutes and seconds between two stored UTC times."""
-    from mqi.store import parse_utc
-
-    if not start or not end:
-        return ""
-    try:
-        seconds = max(0, int((parse_utc(end) - parse_utc(start)).total_seconds()))
-    except ValueError:
-        return ""
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _print_case(data: dict[str, Any]) -> None:
-    style = _STYLE.get(data["status"], "")
-    shown = f"[{style}]{data['status']}[/]" if style else data["status"]
-    out.print(f"[bold]{data['case_id']}[/]  {shown}")
-    if data["error"]:
-        out.print(f"error: {data['error']}", markup=False)
-    for problem in data["errors"]:
-        out.print(f"  {problem['code']}: {problem['message']}", markup=False)
-    if data["results_dir"]:
-        out.print(f"results: {data['results_dir']}", markup=False)
-    if data["beams"]:
-        table = Table()
-        for column in ("beam", "name", "status", "slurm", "job", "node", "exit", "reason", "dose file"):
-            table.add_column(column, overflow="fold")
-        for beam in data["beams"]:
-            table.add_row(
-                str(beam["number"]),
-                beam["name"],
-                beam["status"],
-                beam["slurm_state"] or "",
-                beam["job_id"] or "",
-                beam["node"] or "",
-                "" if beam["exit_code"] is None else str(beam["exit_code"]),
-                beam["reason"] or "",
-                beam["dose_file"] or "",
-            )
-        out.print(table)
-    if data["jobs"]:
-        jobs = ", ".join(f"{j['step']} {j['job_id']} ({j['state']})" for j in data["jobs"])
-        out.print(f"jobs: {jobs}", markup=False)
+        out.print(views.cases_table(store, cases))
 
 
 @app.command()
