@@ -98,7 +98,7 @@ def sacct_by_names_command(case_uid: str, since: datetime) -> str:
     """Jobs of one case by name (pending jobs have no comment in sacct yet)."""
     names = ",".join(job_name(case_uid, step) for step in STEPS)
     return (
-        f"{_UTC_ENV}sacct -X --parsable2 --noheader --duplicates "
+        f'{_UTC_ENV}sacct -u "$(id -un)" -X --parsable2 --noheader --duplicates '
         f"-S {_slurm_time(since - timedelta(minutes=5))} "
         f"--format={','.join(SACCT_FIELDS)} --name={shlex.quote(names)}"
     )

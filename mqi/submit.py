@@ -158,11 +158,15 @@ class Chain:
         return {"prepare": self.prepare, "simulate": self.simulate, "post": self.post}
 
 
-def find_chains(records: Iterable[slurm.JobRecord], case_uid: str) -> tuple[Chain | None, list[str]]:
+def find_chains(
+    records: Iterable[slurm.JobRecord], case_uid: str, *, live_only: bool = False
+) -> tuple[Chain | None, list[str]]:
     """The newest complete, live-or-finished chain of a case, and ids of stray incomplete jobs.
 
     A chain is a post job with the newest simulate job submitted before it (and the
     newest prepare before that). A cancelled post job means the chain was given up.
+    ``live_only`` ignores finished chains: a case this store never saw may match an old
+    chain of the same folder and plan submitted from elsewhere.
     """
     steps: dict[str, dict[str, slurm.JobRecord]] = {step: {} for step in slurm.STEPS}
     for record in records:
@@ -175,7 +179,8 @@ def find_chains(records: Iterable[slurm.JobRecord], case_uid: str) -> tuple[Chai
 
     posts = sorted(steps["post"], key=key, reverse=True)
     for post_id in posts:
-        if steps["post"][post_id].state == "CANCELLED":
+        post_phase = slurm.phase_of(steps["post"][post_id])[0]
+        if post_phase is slurm.Phase.CANCELLED or (live_only and post_phase in slurm.TERMINAL):
             continue
         simulates = [j for j in steps["simulate"] if key(j) < key(post_id)]
         if not simulates:
@@ -307,7 +312,15 @@ class Submitter:
         since = _since(stored)
         try:
             outcome = with_retries(
-                lambda: self._upload_and_submit(case.case_id, case.case_uid, rendered, remote, since, force),
+                lambda: self._upload_and_submit(
+                    case.case_id,
+                    case.case_uid,
+                    rendered,
+                    remote,
+                    since,
+                    force=force,
+                    known=stored is not None,
+                ),
                 seconds=self.config.cluster.retry_seconds,
                 what=f"submitting {case.case_id}",
                 log=self.log,
@@ -320,11 +333,20 @@ class Submitter:
         return outcome
 
     def _upload_and_submit(
-        self, case_id: str, case_uid: str, rendered: RenderedBundle, remote: str, since: datetime, force: bool
+        self,
+        case_id: str,
+        case_uid: str,
+        rendered: RenderedBundle,
+        remote: str,
+        since: datetime,
+        *,
+        force: bool,
+        known: bool,
     ) -> SubmitOutcome:
         local_files = bundle_checksums(rendered.path)
         records, remote_kind, remote_sums = self._survey(case_uid, remote, since)
-        chain, strays = find_chains(records, case_uid)
+        # Only a case this store already recorded can have a finished chain of its own.
+        chain, strays = find_chains(records, case_uid, live_only=not known)
         if force and (chain or strays):
             live = strays + ([job for job in chain.ids().values() if job] if chain else [])
             self._cancel(live, case_id, "forced resubmission")
