@@ -41,7 +41,7 @@ SACCT_FIELDS = (
 )
 # squeue -o letters for the same information; '|' never occurs in our names or comments.
 SQUEUE_FORMAT = "%i|%A|%j|%T|%r|%k|%N|%E|%V|%S"
-SACCT_CHUNK = 300
+SACCT_CHUNK = 1000  # ids per sacct call: about 8 KB of command line
 
 
 def job_name(case_uid: str, step: str) -> str:

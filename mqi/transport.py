@@ -230,6 +230,10 @@ class SSHTransport:
                 f"cannot connect to {where}: {reason} (is sshd running and the port right?)",
                 transient=True,
             ) from None
+        sock = getattr(connection.transport, "sock", None)
+        if isinstance(sock, socket.socket):
+            # Without it, small SFTP writes (CT slices) and each command wait on Nagle + delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connections_opened += 1
         self._connection = connection
         return connection

@@ -92,7 +92,7 @@ def test_unknown_state_is_never_terminal() -> None:
 
 def test_sacct_commands_chunk_ids_and_bound_the_start_time() -> None:
     since = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    commands = slurm.sacct_commands([str(i) for i in range(1, 701)] + ["5_1", "5_2"], since)
+    commands = slurm.sacct_commands([str(i) for i in range(1, 2101)] + ["5_1", "5_2"], since)
     assert len(commands) == 3
     assert all(" -S " in command and "--parsable2" in command for command in commands)
     assert "-j 1,2,3," in commands[0]
