@@ -51,8 +51,16 @@ class PollReport:
 def query_command(job_ids: Iterable[str], since_iso: str) -> tuple[str, int]:
     """One remote command: sacct chunks, a separator, squeue. Returns it and its Slurm command count."""
     sacct = slurm.sacct_commands(job_ids, parse_utc(since_iso))
-    parts = [f"{command} 2>&1" for command in sacct]
-    command = "; ".join(parts) + f"; echo {_SECTION}; {slurm.squeue_command()}"
+    # sacct and squeue run side by side on the login node; their outputs come back in order.
+    # The exit code is non-zero when either failed, so that a silent failure is never read
+    # as "these jobs are gone".
+    sacct_all = " && ".join(sacct)
+    command = (
+        f't=$(mktemp -d) && {{ {{ {sacct_all}; echo $? > "$t/ra"; }} > "$t/a" 2>&1 & '
+        f'{{ {slurm.squeue_command()} > "$t/q" 2> "$t/e"; echo $? > "$t/rq"; }} & wait; }}; '
+        f'cat "$t/a"; echo {_SECTION}; cat "$t/q"; cat "$t/e" >&2; '
+        'rc=$(( $(cat "$t/ra") + $(cat "$t/rq") )); rm -rf "$t"; exit $rc'
+    )
     return command, len(sacct) + 1
 
 
@@ -97,6 +105,7 @@ class Poller:
 
     def _cycle(self) -> PollReport:
         report = PollReport()
+        touched: set[str] = set()
         jobs = self.store.active_jobs()
         report.jobs_tracked = len(jobs)
         if jobs:
@@ -112,8 +121,16 @@ class Poller:
                         # Ids are recycled after a controller loses its state: match names too.
                         name = slurm.job_name(uids.get(job.case_id, ""), job.step)
                         own = [r for r in by_parent.get(job.job_id, []) if r.name == name]
+                        before = report.changes
                         self._mirror_job(job, own, report)
+                        if report.changes != before:
+                            touched.add(job.case_id)
+        waiting_on_slurm = {job.case_id for job in jobs}
         for case in self.store.list_cases(sorted(ACTIVE_CASE_STATUSES)):
+            # A case changes only when one of its jobs did, or when nothing in Slurm is left
+            # and its results still have to come home (a failed download is retried here).
+            if case.case_id not in touched and case.case_id in waiting_on_slurm:
+                continue
             try:
                 self._settle_case(case.case_id, report)
             except MqiError as error:
