@@ -163,8 +163,15 @@ Subsystem sftp internal-sftp
 EOF
 }
 
-alive() { # alive PIDFILE -> running?
-  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+alive() { # alive PIDFILE -> running? (a killed daemon whose parent never reaps it is a zombie: not alive)
+  [ -f "$1" ] || return 1
+  pid_alive "$(cat "$1")"
+}
+
+pid_alive() {
+  local state
+  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ $state != Z* ]]
 }
 
 wait_for() { # wait_for SECONDS DESCRIPTION LOGFILE COMMAND...
@@ -278,8 +285,8 @@ stop_one() { # stop_one NAME PIDFILE
   alive "$pidfile" || { rm -f "$pidfile"; return 0; }
   pid=$(cat "$pidfile")
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  for _ in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.1; done
+  pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null
   rm -f "$pidfile"
   say "stopped $1"
 }

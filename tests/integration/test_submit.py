@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import yaml
 
 from mqi import slurm
 from mqi.synthetic import build_case
@@ -44,13 +45,19 @@ def dev(*args: str) -> None:
     subprocess.run([str(ROOT / "scripts" / "dev-cluster.sh"), *args], check=True, capture_output=True)
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a killed daemon may never be reaped here)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def stop_daemon(name: str) -> None:
-    pid = (Path(os.environ["MQI_DEV_DIR"]) / "run" / f"{name}.pid").read_text().strip()
-    os.kill(int(pid), signal.SIGTERM)
+    pid = int((Path(os.environ["MQI_DEV_DIR"]) / "run" / f"{name}.pid").read_text().strip())
+    os.kill(pid, signal.SIGTERM)
     for _ in range(100):
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if not running(pid):
             return
         time.sleep(0.1)
 
@@ -185,8 +192,8 @@ def test_sshd_dropped_mid_upload_resumes_without_a_partial_submit(
 ) -> None:
     config = make_config(slurm=HELD, cluster={"retry_seconds": 3, "connect_timeout": 2})
     case = tmp_path / "Large"
-    build_case(case, ct_shape=(512, 512, 120), layers=2, spots_per_layer=9)
-    remote_root = Path(os.environ["MQI_TEST_REMOTE_DIR"])
+    build_case(case, ct_shape=(512, 512, 200), layers=2, spots_per_layer=9)
+    workspace = Path(yaml.safe_load(config.read_text())["cluster"]["remote_dir"])
     proc = subprocess.Popen(
         [sys.executable, "-m", "mqi", "submit", str(case), "--config", str(config), "--json"],
         stdout=subprocess.PIPE,
@@ -196,12 +203,14 @@ def test_sshd_dropped_mid_upload_resumes_without_a_partial_submit(
     deadline = time.monotonic() + 60
     partial: list[Path] = []
     while time.monotonic() < deadline and not partial:
-        partial = [p for p in remote_root.glob("t-*/*.partial/input") if any(p.iterdir())]
-        time.sleep(0.05)
+        partial = [p for p in workspace.glob("*.partial/input") if len(list(p.iterdir())) >= 5]
+        time.sleep(0.005)
     assert partial, "the upload never started"
-    stop_daemon("sshd")
-    subprocess.run(["pkill", "-KILL", "-f", "sshd: mqitest"], capture_output=True)
     try:
+        # Cut the link at once: the listening sshd first (no reconnect), then this session.
+        sshd_pid = (Path(os.environ["MQI_DEV_DIR"]) / "run" / "sshd.pid").read_text().strip()
+        os.kill(int(sshd_pid), signal.SIGKILL)
+        subprocess.run(["pkill", "-KILL", "-f", "sshd: mqitest"], capture_output=True)
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 1, stderr
         final = partial[0].parent.with_suffix("")
