@@ -111,7 +111,7 @@ class Poller:
         if jobs:
             records = self._query(jobs, report)
             if records is not None:
-                uids = {case.case_id: case.case_uid for case in self.store.list_cases()}
+                uids = self.store.case_uids(job.case_id for job in jobs)
                 by_parent: dict[str, list[JobRecord]] = {}
                 for record in records.values():
                     by_parent.setdefault(record.parent_id, []).append(record)
@@ -126,17 +126,17 @@ class Poller:
                         if report.changes != before:
                             touched.add(job.case_id)
         waiting_on_slurm = {job.case_id for job in jobs}
-        for case in self.store.list_cases(sorted(ACTIVE_CASE_STATUSES)):
+        for case_id in self.store.case_ids(sorted(ACTIVE_CASE_STATUSES)):
             # A case changes only when one of its jobs did, or when nothing in Slurm is left
             # and its results still have to come home (a failed download is retried here).
-            if case.case_id not in touched and case.case_id in waiting_on_slurm:
+            if case_id not in touched and case_id in waiting_on_slurm:
                 continue
             try:
-                self._settle_case(case.case_id, report)
+                self._settle_case(case_id, report)
             except MqiError as error:
-                report.errors.append(f"{case.case_id}: {error}")
-                self.log(f"{case.case_id}: {error} (will retry next cycle)")
-        report.active_cases = len(self.store.list_cases(sorted(ACTIVE_CASE_STATUSES)))
+                report.errors.append(f"{case_id}: {error}")
+                self.log(f"{case_id}: {error} (will retry next cycle)")
+        report.active_cases = len(self.store.case_ids(sorted(ACTIVE_CASE_STATUSES)))
         return report
 
     def _query(self, jobs: list[Job], report: PollReport) -> dict[str, JobRecord] | None:

@@ -14,6 +14,7 @@ ISO-8601 strings such as ``2026-11-22T01:02:03Z``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -190,8 +191,13 @@ class Event:
 _T = TypeVar("_T")
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
 def _record(cls: type[_T], row: Mapping[str, Any]) -> _T:
-    return cls(**{f.name: row[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+    return cls(**{name: row[name] for name in _field_names(cls)})
 
 
 def _case(row: Mapping[str, Any]) -> Case:
@@ -608,6 +614,28 @@ class Store:
             [_source_key(source_dir)],
         )
         return _case(row) if row else None
+
+    def case_ids(self, statuses: Iterable[str]) -> list[str]:
+        """Ids of the cases in ``statuses``, oldest first (cheap: no records built)."""
+        args = [_check(s, CASE_STATUSES, "case status") for s in statuses]
+        if not args:
+            return []
+        marks = ", ".join("?" * len(args))
+        rows = self._rows(
+            f"SELECT case_id FROM cases WHERE status IN ({marks}) ORDER BY created_at, rowid", args
+        )
+        return [row["case_id"] for row in rows]
+
+    def case_uids(self, case_ids: Iterable[str]) -> dict[str, str]:
+        """case_id -> case_uid for these cases."""
+        ids = sorted(set(case_ids))
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._rows(f"SELECT case_id, case_uid FROM cases WHERE case_id IN ({marks})", chunk)
+            found.update({row["case_id"]: row["case_uid"] for row in rows})
+        return found
 
     def list_cases(self, statuses: Iterable[str] | None = None) -> list[Case]:
         """Cases oldest first, optionally only those in ``statuses``."""

@@ -433,3 +433,13 @@ def test_a_job_id_reused_by_slurm_retires_the_old_job(tmp_path: Path) -> None:
     assert [j.job_id for j in store.active_jobs()] == ["358"]
     reasons = [e.reason for e in store.events("c1") if e.entity == "job" and e.new == "LOST"]
     assert reasons == ["job id reused by Slurm"]
+
+
+def test_cheap_lookups_for_the_poller(tmp_path: Path) -> None:
+    store = Store(tmp_path / "mqi.db")
+    _new_case(store, "c1", status="submitted")
+    _new_case(store, "c2", status="completed")
+    _new_case(store, "c3", status="running")
+    assert store.case_ids(["submitted", "running"]) == ["c1", "c3"]
+    assert store.case_ids([]) == []
+    assert store.case_uids(["c1", "c2", "nope"]) == {"c1": "uid-c1", "c2": "uid-c2"}
