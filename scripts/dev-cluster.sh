@@ -163,9 +163,13 @@ Subsystem sftp internal-sftp
 EOF
 }
 
-alive() { # alive PIDFILE -> running? (a killed daemon whose parent never reaps it is a zombie: not alive)
+alive() { # alive RUN/NAME.pid -> is that daemon running? A zombie (killed, never reaped) is not,
+  # and neither is an unrelated process that got the pid of a daemon from an earlier boot.
   [ -f "$1" ] || return 1
-  pid_alive "$(cat "$1")"
+  local pid name
+  pid=$(cat "$1")
+  name=$(basename "$1" .pid)
+  pid_alive "$pid" && [[ $(ps -o comm= -p "$pid" 2>/dev/null) == "$name"* ]]
 }
 
 pid_alive() {
