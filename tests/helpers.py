@@ -76,3 +76,39 @@ def cancel_case_jobs(case_uid: str) -> None:
     ids = sorted({record.parent_id for records in slurm_jobs(case_uid).values() for record in records})
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True)
+
+
+def resume_drained_nodes() -> None:
+    """Resume a node Slurm drained or downed (as an admin would after a controller crash)."""
+    states = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True).stdout
+    for line in states.splitlines():
+        node, _, state = line.partition(" ")
+        if state.startswith(("drain", "down")):
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+
+
+class NodeKeeper:
+    """While a test runs: resume any drained node every second, in a background thread.
+
+    After slurmctld is killed with -9, slurmd may re-register a job the controller lost, and
+    Slurm drains the node ("Duplicate jobid") seconds later, at a moment no test can predict.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            resume_drained_nodes()
+
+    def __enter__(self) -> NodeKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        resume_drained_nodes()
