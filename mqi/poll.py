@@ -14,7 +14,8 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,18 @@ from mqi.config import Config
 from mqi.errors import MqiError, OperationalError, TransportError
 from mqi.locks import file_lock
 from mqi.slurm import JobRecord, Phase
-from mqi.store import ACTIVE_CASE_STATUSES, TERMINAL_BEAM_STATUSES, Job, Store, parse_utc, utc_now
+from mqi.store import (
+    ACTIVE_CASE_STATUSES,
+    TERMINAL_BEAM_STATUSES,
+    Beam,
+    Case,
+    Job,
+    Store,
+    parse_utc,
+    utc_now,
+)
 from mqi.submit import is_transient_slurm_error, run_submit_script
-from mqi.transport import Transport
+from mqi.transport import CommandResult, Transport
 
 _SECTION = "@@mqi-section@@"
 MAX_AUTOMATIC_RESUBMITS = 1
@@ -49,19 +59,27 @@ class PollReport:
 
 
 def query_command(job_ids: Iterable[str], since_iso: str) -> tuple[str, int]:
-    """One remote command: sacct chunks, a separator, squeue. Returns it and its Slurm command count."""
-    sacct = slurm.sacct_commands(job_ids, parse_utc(since_iso))
-    # sacct and squeue run side by side on the login node; their outputs come back in order.
-    # The exit code is non-zero when either failed, so that a silent failure is never read
-    # as "these jobs are gone".
-    sacct_all = " && ".join(sacct)
-    command = (
-        f't=$(mktemp -d) && {{ {{ {sacct_all}; echo $? > "$t/ra"; }} > "$t/a" 2>&1 & '
-        f'{{ {slurm.squeue_command()} > "$t/q" 2> "$t/e"; echo $? > "$t/rq"; }} & wait; }}; '
-        f'cat "$t/a"; echo {_SECTION}; cat "$t/q"; cat "$t/e" >&2; '
-        'rc=$(( $(cat "$t/ra") + $(cat "$t/rq") )); rm -rf "$t"; exit $rc'
-    )
-    return command, len(sacct) + 1
+    """One remote command: sacct chunks, a separator, squeue. Returns it and its Slurm command count.
+
+    Everything runs side by side on the login node: squeue and any further sacct chunks in
+    the background into a temporary folder, the first sacct chunk in the foreground.
+    Outputs come back in order; error messages go to stderr. The exit code is non-zero
+    when any of them failed, so that a silent failure is never read as "these jobs are gone".
+    """
+    first, *rest = slurm.sacct_commands(job_ids, parse_utc(since_iso))
+    background = [f'{{ {slurm.squeue_command()} > "$t/q"; echo $? > "$t/rq"; }} &']
+    background += [f'{{ {sacct} > "$t/a{n}"; echo $? > "$t/r{n}"; }} &' for n, sacct in enumerate(rest)]
+    collect = [f'cat "$t/a{n}"; read x < "$t/r{n}"; rc=$((rc + x))' for n in range(len(rest))]
+    foreground = [
+        f"{first}; rc=$?",
+        "wait",
+        *collect,
+        f"echo {_SECTION}",
+        'cat "$t/q"; read x < "$t/rq"; rc=$((rc + x))',
+        'rm -rf "$t"; exit $rc',
+    ]
+    command = "t=$(mktemp -d) || exit 1; " + " ".join(background) + " " + "; ".join(foreground)
+    return command, 2 + len(rest)
 
 
 def merge_records(sacct: list[JobRecord], squeue: list[JobRecord]) -> dict[str, JobRecord]:
@@ -109,42 +127,40 @@ class Poller:
         jobs = self.store.active_jobs()
         report.jobs_tracked = len(jobs)
         if jobs:
-            records = self._query(jobs, report)
+            since = min(job.submitted_at or utc_now() for job in jobs)
+            command, count = query_command([job.job_id for job in jobs], since)
+            report.slurm_commands += count
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqi-poll-query") as pool:
+                asked = pool.submit(self.transport.run, command, timeout=120)
+                known = self._known(jobs)  # read while Slurm answers
+                records = self._answer(asked, report)
             if records is not None:
-                uids = self.store.case_uids(job.case_id for job in jobs)
-                by_parent: dict[str, list[JobRecord]] = {}
-                for record in records.values():
-                    by_parent.setdefault(record.parent_id, []).append(record)
-                # One write transaction for the whole mirror: short, and one sync instead of hundreds.
-                with self.store.transaction():
-                    for job in jobs:
-                        # Ids are recycled after a controller loses its state: match names too.
-                        name = slurm.job_name(uids.get(job.case_id, ""), job.step)
-                        own = [r for r in by_parent.get(job.job_id, []) if r.name == name]
-                        before = report.changes
-                        self._mirror_job(job, own, report)
-                        if report.changes != before:
-                            touched.add(job.case_id)
+                touched = self._mirror(jobs, known, records, report)
         waiting_on_slurm = {job.case_id for job in jobs}
-        for case_id in self.store.case_ids(sorted(ACTIVE_CASE_STATUSES)):
-            # A case changes only when one of its jobs did, or when nothing in Slurm is left
-            # and its results still have to come home (a failed download is retried here).
-            if case_id not in touched and case_id in waiting_on_slurm:
-                continue
-            try:
-                self._settle_case(case_id, report)
-            except MqiError as error:
-                report.errors.append(f"{case_id}: {error}")
-                self.log(f"{case_id}: {error} (will retry next cycle)")
+        # A case changes only when one of its jobs did, or when nothing in Slurm is left
+        # and its results still have to come home (a failed download is retried here).
+        settle = [
+            case_id
+            for case_id in self.store.case_ids(sorted(ACTIVE_CASE_STATUSES))
+            if case_id in touched or case_id not in waiting_on_slurm
+        ]
+        self._settle_cases(settle, report)
         report.active_cases = len(self.store.case_ids(sorted(ACTIVE_CASE_STATUSES)))
         return report
 
-    def _query(self, jobs: list[Job], report: PollReport) -> dict[str, JobRecord] | None:
-        since = min(job.submitted_at or utc_now() for job in jobs)
-        command, count = query_command([job.job_id for job in jobs], since)
-        report.slurm_commands += count
+    def _known(self, jobs: list[Job]) -> _Known:
+        """What the store knows besides the jobs: each job's expected name, each array's beams."""
+        uids = self.store.case_uids(job.case_id for job in jobs)
+        beams = self.store.beams_by_case(job.case_id for job in jobs if job.step == "simulate")
+        return _Known(
+            names={job.job_id: slurm.job_name(uids.get(job.case_id, ""), job.step) for job in jobs},
+            beams=beams,
+        )
+
+    def _answer(self, asked: Future[CommandResult], report: PollReport) -> dict[str, JobRecord] | None:
+        """Slurm's records by job id, or None when Slurm or the cluster did not answer."""
         try:
-            result = self.transport.run(command, timeout=120)
+            result = asked.result()
         except TransportError as error:
             report.errors.append(str(error))
             self.log(f"cluster unreachable, states unchanged: {error}")
@@ -161,17 +177,41 @@ class Poller:
             report.errors.append(str(error))
             return None
 
-    def _mirror_job(self, job: Job, own: list[JobRecord], report: PollReport) -> None:
+    def _mirror(
+        self, jobs: list[Job], known: _Known, records: dict[str, JobRecord], report: PollReport
+    ) -> set[str]:
+        """Slurm's answer into the store in one write transaction; the cases that changed."""
+        by_parent: dict[str, list[JobRecord]] = {}
+        for record in records.values():
+            by_parent.setdefault(record.parent_id, []).append(record)
+        changes = _Changes()
+        for job in jobs:
+            # Ids are recycled after a controller loses its state: match names too.
+            name = known.names[job.job_id]
+            own = [r for r in by_parent.get(job.job_id, []) if r.name == name]
+            before = len(changes)
+            self._mirror_job(job, own, known.beams.get(job.case_id, []), changes)
+            if len(changes) != before:
+                changes.touched.add(job.case_id)
+        with self.store.transaction():  # one sync instead of hundreds
+            self.store.update_jobs(changes.jobs)
+            self.store.update_beams(changes.beams)
+        report.changes += len(changes)
+        for job in changes.never_satisfied:
+            self._dependency_never_satisfied(job, report)
+        return changes.touched
+
+    def _mirror_job(self, job: Job, own: list[JobRecord], beams: list[Beam], changes: _Changes) -> None:
         if not own:
-            self._maybe_lost(job, report)
+            self._maybe_lost(job, changes)
             return
         if job.step == "simulate":
             own = _as_tasks(own, job.array_indices)
-            self._mirror_tasks(job, own, report)
+            _mirror_tasks(job, own, beams, changes)
             phases = [slurm.phase_of(r)[0] for r in own]
-            expected = _count_indices(job.array_indices)
+            expected = len(slurm.parse_array_spec(job.array_indices)) if job.array_indices else 1
             finished = len(own) >= expected and all(p in slurm.TERMINAL for p in phases)
-            state = _summary_state(own)
+            state = slurm.array_state(r.state for r in own)
             reason = None
         else:
             record = own[0]
@@ -179,49 +219,20 @@ class Poller:
             finished = phase in slurm.TERMINAL
             state = record.state_detail
             if slurm.never_satisfied(record):
-                self._dependency_never_satisfied(job, report)
+                changes.never_satisfied.append(job)
                 return
         if state != job.state or finished != job.finished:
-            report.changes += 1
-            exit_code = None
+            fields: dict[str, Any] = {"state": state, "finished": finished, "reason": reason}
             if job.step != "simulate" and own[0].exit_code is not None:
-                exit_code = f"{own[0].exit_code}:{own[0].signal or 0}"
-            self.store.update_job(
-                job.job_id, state=state, finished=finished, reason=reason, exit_code=exit_code
-            )
+                fields["exit_code"] = f"{own[0].exit_code}:{own[0].signal or 0}"
+            changes.jobs.append((job.job_id, job.case_id, fields))
 
-    def _mirror_tasks(self, job: Job, tasks: list[JobRecord], report: PollReport) -> None:
-        beams = {b.job_id: b for b in self.store.list_beams(job.case_id)}
-        for record in tasks:
-            beam = beams.get(record.job_id)
-            if beam is None or (beam.status in TERMINAL_BEAM_STATUSES and beam.slurm_state == record.state):
-                continue
-            phase, reason = slurm.phase_of(record)
-            if phase is Phase.PENDING and record.reason and not reason:
-                reason = f"waiting: {record.reason}"  # Priority, Resources, Dependency, ...
-            status = {Phase.PENDING: "pending", Phase.RUNNING: "running"}.get(phase, beam.status)
-            if phase is Phase.FAILED:
-                status = "failed"
-            elif phase is Phase.CANCELLED:
-                status = "cancelled"
-            # COMPLETED in Slurm is not yet a dose: the post job's check decides.
-            fields: dict[str, Any] = {"slurm_state": record.state_detail, "node": record.node}
-            if record.start:
-                fields["started_at"] = slurm.slurm_time_to_utc_iso(record.start)
-            if record.end:
-                fields["ended_at"] = slurm.slurm_time_to_utc_iso(record.end)
-            if record.exit_code is not None:
-                fields["exit_code"] = record.exit_code
-            if status != beam.status or record.state_detail != beam.slurm_state or reason != beam.reason:
-                report.changes += 1
-                self.store.update_beam(job.case_id, beam.number, status=status, reason=reason, **fields)
-
-    def _maybe_lost(self, job: Job, report: PollReport) -> None:
+    def _maybe_lost(self, job: Job, changes: _Changes) -> None:
         age = slurm.utc_now() - parse_utc(job.submitted_at or utc_now())
         if age < timedelta(seconds=self.config.poll.lost_grace_seconds):
             return
-        report.changes += 1
-        self.store.update_job(job.job_id, state="LOST", finished=True, reason="unknown to squeue and sacct")
+        fields = {"state": "LOST", "finished": True, "reason": "unknown to squeue and sacct"}
+        changes.jobs.append((job.job_id, job.case_id, fields))
         self.log(f"job {job.job_id} of {job.case_id} is unknown to Slurm: lost")
 
     def _dependency_never_satisfied(self, job: Job, report: PollReport) -> None:
@@ -234,33 +245,50 @@ class Poller:
         report.failed.append(job.case_id)
 
     # -- case level ---------------------------------------------------------------------
-    def _settle_case(self, case_id: str, report: PollReport) -> None:
-        case = self.store.require_case(case_id)
-        jobs = self.store.list_jobs(case_id)
-        if not jobs:
-            return
+    def _settle_cases(self, case_ids: list[str], report: PollReport) -> None:
+        """Each case's status from its jobs and beams: read in three queries, plain status
+        changes written in one transaction."""
+        cases = self.store.cases_by_id(case_ids)
+        jobs = self.store.jobs_by_case(case_ids)
+        beams = self.store.beams_by_case(case_ids)
+        statuses: dict[str, str] = {}
+        for case_id in case_ids:
+            case = cases.get(case_id)
+            if case is None or not jobs.get(case_id):
+                continue
+            try:
+                status = self._settle_case(case, jobs[case_id], beams.get(case_id, []), report)
+            except MqiError as error:
+                report.errors.append(f"{case_id}: {error}")
+                self.log(f"{case_id}: {error} (will retry next cycle)")
+                continue
+            if status is not None and status != case.status:
+                statuses[case_id] = status
+        if statuses:
+            with self.store.transaction():
+                for case_id, status in statuses.items():
+                    self.store.update_case(case_id, status=status)
+            report.changes += len(statuses)
+
+    def _settle_case(self, case: Case, jobs: list[Job], beams: list[Beam], report: PollReport) -> str | None:
+        """Deliver, resubmit or mark a case; else the status its jobs and beams give it."""
         generation = max(job.generation for job in jobs)
         current = {job.step: job for job in jobs if job.generation == generation}
         if any(job.state == "LOST" for job in current.values()):
-            self._resubmit_lost(case_id, current, report)
-            return
+            self._resubmit_lost(case.case_id, current, report)
+            return None
         post = current.get("post")
         if post is not None and post.finished and post.state != "LOST":
             if post.state.startswith("CANCELLED"):
-                self._mark_cancelled(case_id, report)
+                self._mark_cancelled(case.case_id, report)
             else:
-                self._deliver(case_id, post, report)
-            return
-        beams = self.store.list_beams(case_id)
+                self._deliver(case.case_id, post, report)
+            return None
         if post is not None and post.state == "RUNNING":
-            status = "postprocessing"
-        elif any(b.status in ("running", "completed", "failed") for b in beams):
-            status = "running"
-        else:
-            status = "submitted"
-        if status != case.status:
-            report.changes += 1
-            self.store.update_case(case_id, status=status)
+            return "postprocessing"
+        if any(b.status in ("running", "completed", "failed") for b in beams):
+            return "running"
+        return "submitted"
 
     def _mark_cancelled(self, case_id: str, report: PollReport) -> None:
         for beam in self.store.list_beams(case_id):
@@ -288,7 +316,7 @@ class Poller:
         simulate = current.get("simulate")
         only = None
         if "prepare" not in current and simulate is not None and simulate.array_indices:
-            only = _parse_indices(simulate.array_indices)
+            only = slurm.parse_array_spec(simulate.array_indices)
         ids = run_submit_script(self.transport, case.remote_dir, only_indices=only)
         self._record_generation(case_id, ids, only, reason="resubmitted: its jobs were lost in Slurm")
         self.store.update_case(case_id, attempts=case.attempts + 1)
@@ -377,6 +405,58 @@ class Poller:
         self.log(f"{case_id}: results in {target}")
 
 
+@dataclass
+class _Known:
+    names: dict[str, str]  # job id -> the name its job must carry
+    beams: dict[str, list[Beam]]  # case id -> beams
+
+
+@dataclass
+class _Changes:
+    """What one cycle found changed, written to the store together."""
+
+    jobs: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    beams: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    never_satisfied: list[Job] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self.jobs) + len(self.beams) + len(self.never_satisfied)
+
+
+def _mirror_tasks(job: Job, tasks: list[JobRecord], beams: list[Beam], changes: _Changes) -> None:
+    """Array tasks onto the beams that point at them."""
+    by_task = {b.job_id: b for b in beams}
+    for record in tasks:
+        beam = by_task.get(record.job_id)
+        if beam is None or (beam.status in TERMINAL_BEAM_STATUSES and beam.slurm_state == record.state):
+            continue
+        phase, reason = slurm.phase_of(record)
+        if phase is Phase.PENDING and record.reason and not reason:
+            reason = f"waiting: {record.reason}"  # Priority, Resources, Dependency, ...
+        status = {Phase.PENDING: "pending", Phase.RUNNING: "running"}.get(phase, beam.status)
+        if phase is Phase.FAILED:
+            status = "failed"
+        elif phase is Phase.CANCELLED:
+            status = "cancelled"
+        # COMPLETED in Slurm is not yet a dose: the post job's check decides.
+        if status == beam.status and record.state_detail == beam.slurm_state and reason == beam.reason:
+            continue
+        fields: dict[str, Any] = {
+            "status": status,
+            "reason": reason,
+            "slurm_state": record.state_detail,
+            "node": record.node,
+        }
+        if record.start:
+            fields["started_at"] = slurm.slurm_time_to_utc_iso(record.start)
+        if record.end:
+            fields["ended_at"] = slurm.slurm_time_to_utc_iso(record.end)
+        if record.exit_code is not None:
+            fields["exit_code"] = record.exit_code
+        changes.beams.append((job.case_id, beam.number, fields))
+
+
 def deliver_results(
     transport: Transport, remote_results: str, results_root: Path, case_id: str, summary: dict[str, Any]
 ) -> Path:
@@ -415,32 +495,13 @@ def _beam_errors(summary: dict[str, Any]) -> str:
 
 def _as_tasks(records: list[JobRecord], indices: str | None) -> list[JobRecord]:
     """sacct may list a one-task array as plain ``39`` before ``39_1``: name the task."""
-    only = _parse_indices(indices) if indices else []
+    only = slurm.parse_array_spec(indices) if indices else []
     if len(only) != 1:
         return [r for r in records if r.array_index is not None]
     named = [r for r in records if r.array_index is not None]
     if named:
         return named
-    return [replace(r, job_id=f"{r.parent_id}_{only[0]}") for r in records[:1]]
-
-
-def _summary_state(tasks: list[JobRecord]) -> str:
-    counts: dict[str, int] = {}
-    for record in tasks:
-        counts[record.state] = counts.get(record.state, 0) + 1
-    return ",".join(f"{state}:{n}" for state, n in sorted(counts.items()))
-
-
-def _parse_indices(spec: str) -> list[int]:
-    indices: list[int] = []
-    for part in spec.split(","):
-        low, _, high = part.partition("-")
-        indices.extend(range(int(low), int(high or low) + 1))
-    return indices
-
-
-def _count_indices(spec: str | None) -> int:
-    return len(_parse_indices(spec)) if spec else 1
+    return [r._replace(job_id=f"{r.parent_id}_{only[0]}") for r in records[:1]]
 
 
 def poll_until_done(

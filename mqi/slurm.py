@@ -8,6 +8,7 @@ ignores filters). Names are ``mqi.<case_uid>.<step>``; comments ``mqi:<case_uid>
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from mqi.errors import UsageError
 
@@ -87,10 +88,13 @@ def sacct_commands(job_ids: Iterable[str], since: datetime) -> list[str]:
     ids = sorted({_parent_id(job_id) for job_id in job_ids}, key=_id_sort_key)
     start = _slurm_time(since - timedelta(minutes=5))
     fields = ",".join(SACCT_FIELDS)
+    # Chunks of equal size: 1,002 ids make two calls of 501 (run side by side by the
+    # poller), not a full call and a nearly empty one after it.
+    size = -(-len(ids) // max(1, -(-len(ids) // SACCT_CHUNK))) if ids else 1
     return [
         f"{_UTC_ENV}sacct -X --parsable2 --noheader --duplicates -S {start} "
-        f"--format={fields} -j {','.join(ids[i : i + SACCT_CHUNK])}"
-        for i in range(0, len(ids), SACCT_CHUNK)
+        f"--format={fields} -j {','.join(ids[i : i + size])}"
+        for i in range(0, len(ids), size)
     ]
 
 
@@ -106,7 +110,7 @@ def sacct_by_names_command(case_uid: str, since: datetime) -> str:
 
 def squeue_command(user: str | None = None, *, all_users: bool = False) -> str:
     """Every live job of this user (default: the login user), array tasks expanded."""
-    who = "" if all_users else f"-u {shlex.quote(user)}" if user else '-u "$(id -un)"'
+    who = "" if all_users else f"-u {shlex.quote(user)}" if user else "--me"
     return f"{_UTC_ENV}squeue -h -t all -r {who} -o {shlex.quote(SQUEUE_FORMAT)}"
 
 
@@ -214,9 +218,8 @@ class SlurmOutputError(ValueError):
     """Slurm printed something this module cannot read."""
 
 
-@dataclass(frozen=True)
-class JobRecord:
-    """One job or array task as Slurm reports it."""
+class JobRecord(NamedTuple):
+    """One job or array task as Slurm reports it (a tuple: a poll cycle builds thousands)."""
 
     job_id: str  # "123" or "123_4"
     raw_id: str  # JobIDRaw / %A: the id this task really has
@@ -276,57 +279,78 @@ def parse_exit_code(text: str) -> tuple[int | None, int | None]:
     return None, None
 
 
+_NO_VALUE = frozenset(("", "None", "None assigned", "Unknown", "N/A", "(null)"))
+_TASK_RANGE = re.compile(r"(\d+)_\[([^\]]+)\]")
+
+
 def _none(value: str) -> str | None:
     value = value.strip()
-    return None if value in ("", "None", "None assigned", "Unknown", "N/A", "(null)") else value
+    return None if value in _NO_VALUE else value
 
 
 def _expand_task_ids(job_id: str) -> Iterator[str]:
     """``15_[1-4%1]`` -> 15_1 .. 15_4; other ids unchanged."""
-    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    match = _TASK_RANGE.fullmatch(job_id) if "[" in job_id else None
     if not match:
         yield job_id
         return
     parent, spec = match.groups()
-    spec = spec.split("%")[0]
-    for part in spec.split(","):
+    for index in parse_array_spec(spec):
+        yield f"{parent}_{index}"
+
+
+def parse_array_spec(spec: str) -> list[int]:
+    """``--array`` indices: ``0-3,5%2`` -> [0, 1, 2, 3, 5]."""
+    indices: list[int] = []
+    for part in spec.split("%")[0].split(","):
         low, _, high = part.partition("-")
-        for index in range(int(low), int(high or low) + 1):
-            yield f"{parent}_{index}"
+        indices.extend(range(int(low), int(high or low) + 1))
+    return indices
+
+
+def array_state(task_states: Iterable[str]) -> str:
+    """An array job's state as mqi records it: how many tasks are in each state,
+    ``COMPLETED:3,RUNNING:1``."""
+    counts: dict[str, int] = {}
+    for state in task_states:
+        counts[state] = counts.get(state, 0) + 1
+    return ",".join(f"{state}:{n}" for state, n in sorted(counts.items()))
 
 
 def parse_sacct(text: str) -> list[JobRecord]:
     """``sacct -X --parsable2 --noheader --format=<SACCT_FIELDS>`` output (a header line is skipped)."""
     records: list[JobRecord] = []
+    width = len(SACCT_FIELDS)
     for line in text.splitlines():
         if not line.strip() or line.startswith("JobID|"):
             continue
         parts = line.split("|")
-        if len(parts) < len(SACCT_FIELDS):
+        if len(parts) < width:
             raise SlurmOutputError(f"unexpected sacct line: {line[:160]!r}")
-        row = dict(zip(SACCT_FIELDS, parts, strict=False))
+        job_id, raw_id, name, state_detail, exit_text, submit, start, end, _elapsed, node, reason = parts[
+            : width - 1
+        ]
         # A comment may contain '|': everything after the 11th separator is the comment.
-        row["Comment"] = "|".join(parts[len(SACCT_FIELDS) - 1 :])
-        code, signal = parse_exit_code(row["ExitCode"])
-        state_detail = row["State"].strip()
-        for job_id in _expand_task_ids(row["JobID"]):
-            records.append(
-                JobRecord(
-                    job_id=job_id,
-                    raw_id=row["JobIDRaw"],
-                    name=row["JobName"],
-                    state=state_detail.split()[0] if state_detail else "UNKNOWN",
-                    state_detail=state_detail,
-                    reason=_none(row["Reason"]),
-                    exit_code=code,
-                    signal=signal,
-                    node=_none(row["NodeList"]),
-                    submit=_none(row["Submit"]),
-                    start=_none(row["Start"]),
-                    end=_none(row["End"]),
-                    comment=_none(row["Comment"]),
-                )
-            )
+        comment = parts[width - 1] if len(parts) == width else "|".join(parts[width - 1 :])
+        code, signal = parse_exit_code(exit_text)
+        state_detail = state_detail.strip()
+        state = state_detail.split()[0] if state_detail else "UNKNOWN"
+        fields = (
+            raw_id,
+            name,
+            state,
+            state_detail,
+            _none(reason),
+            code,
+            signal,
+            _none(node),
+            _none(submit),
+            _none(start),
+            _none(end),
+            _none(comment),
+        )
+        for expanded in _expand_task_ids(job_id):
+            records.append(JobRecord(expanded, *fields))
     return records
 
 
@@ -340,25 +364,23 @@ def parse_squeue(text: str) -> list[JobRecord]:
         if len(parts) != 10:
             raise SlurmOutputError(f"unexpected squeue line: {line[:160]!r}")
         job_id, raw_id, name, state, reason, comment, node, dependency, submit, start = parts
+        fields = (
+            raw_id,
+            name,
+            state.split()[0] if state else "UNKNOWN",
+            state,
+            _none(reason),
+            None,
+            None,
+            _none(node),
+            _none(submit),
+            _none(start),
+            None,
+            _none(comment),
+            _none(dependency),
+        )
         for expanded in _expand_task_ids(job_id):
-            records.append(
-                JobRecord(
-                    job_id=expanded,
-                    raw_id=raw_id,
-                    name=name,
-                    state=state.split()[0] if state else "UNKNOWN",
-                    state_detail=state,
-                    reason=_none(reason),
-                    exit_code=None,
-                    signal=None,
-                    node=_none(node),
-                    submit=_none(submit),
-                    start=_none(start),
-                    end=None,
-                    comment=_none(comment),
-                    dependency=_none(dependency),
-                )
-            )
+            records.append(JobRecord(expanded, *fields))
     return records
 
 
@@ -427,18 +449,26 @@ def phase_of(record: JobRecord) -> tuple[Phase, str | None]:
     Unknown states are taken as still running, with the state named in the reason,
     so a new Slurm state never marks work finished by mistake.
     """
-    phase, reason = _PHASES.get(record.state, (Phase.RUNNING, f"unknown Slurm state {record.state}"))
-    if record.state == "CANCELLED" and record.state_detail != "CANCELLED":
-        reason = record.state_detail.lower()  # "cancelled by 1000": who did it
+    return _phase(record.state, record.state_detail, record.exit_code, record.signal, record.reason)
+
+
+@functools.lru_cache(maxsize=4096)
+def _phase(
+    state: str, state_detail: str, exit_code: int | None, signal: int | None, slurm_reason: str | None
+) -> tuple[Phase, str | None]:
+    # Cached: a poll cycle asks this for thousands of records that share a handful of states.
+    phase, reason = _PHASES.get(state, (Phase.RUNNING, f"unknown Slurm state {state}"))
+    if state == "CANCELLED" and state_detail != "CANCELLED":
+        reason = state_detail.lower()  # "cancelled by 1000": who did it
     if phase is Phase.FAILED:
         details = []
-        if record.exit_code:
-            details.append(f"exit code {record.exit_code}")
-        if record.signal:
-            details.append(f"signal {record.signal}")
+        if exit_code:
+            details.append(f"exit code {exit_code}")
+        if signal:
+            details.append(f"signal {signal}")
         if details:
-            reason = f"{reason}, {', '.join(details)}" if record.state != "FAILED" else ", ".join(details)
-    if phase is Phase.PENDING and record.reason == "DependencyNeverSatisfied":
+            reason = f"{reason}, {', '.join(details)}" if state != "FAILED" else ", ".join(details)
+    if phase is Phase.PENDING and slurm_reason == "DependencyNeverSatisfied":
         reason = "DependencyNeverSatisfied"
     return phase, reason
 

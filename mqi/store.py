@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import operator
 import os
 import re
 import sqlite3
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from mqi import slurm
 from mqi.errors import OperationalError, UsageError
 
 CASE_STATUSES: tuple[str, ...] = (
@@ -196,20 +198,31 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
-def _record(cls: type[_T], row: Mapping[str, Any]) -> _T:
-    return cls(**{name: row[name] for name in _field_names(cls)})
+# Columns stored differently from the record field, and how to read them back.
+_COLUMN_OF = {(Case, "errors"): "errors_json"}
+_CONVERT: dict[tuple[type, str], Callable[[Any], Any]] = {
+    (Case, "errors"): lambda text: json.loads(text) if text else [],
+    (Job, "finished"): bool,
+}
 
 
-def _case(row: Mapping[str, Any]) -> Case:
-    data = dict(row)
-    data["errors"] = json.loads(data["errors_json"]) if data.get("errors_json") else []
-    return _record(Case, data)
+@functools.cache
+def _builder(cls: type[_T], columns: tuple[str, ...]) -> Callable[[Sequence[Any]], _T]:
+    """Row tuple -> record, for rows with these columns (built once per query shape:
+    a poll cycle reads thousands of rows)."""
+    names = _field_names(cls)
+    pick = operator.itemgetter(*(columns.index(_COLUMN_OF.get((cls, name), name)) for name in names))
+    converts = [(i, _CONVERT[(cls, name)]) for i, name in enumerate(names) if (cls, name) in _CONVERT]
+    if not converts:
+        return lambda row: cls(*pick(row))
 
+    def build(row: Sequence[Any]) -> _T:
+        values = list(pick(row))
+        for i, convert in converts:
+            values[i] = convert(values[i])
+        return cls(*values)
 
-def _job(row: Mapping[str, Any]) -> Job:
-    data = dict(row)
-    data["finished"] = bool(data["finished"])
-    return _record(Job, data)
+    return build
 
 
 # --------------------------------------------------------------------------- schema
@@ -342,6 +355,15 @@ _BEAM_FIELDS = frozenset(
 _JOB_FIELDS = frozenset(
     {"state", "reason", "exit_code", "finished", "array_indices", "submitted_at", "generation"}
 )
+
+
+# Sets of ids travel as one JSON parameter: no limit on their number, one statement.
+_ANY_OF = "(SELECT value FROM json_each(?))"
+_EVENT_FROM_ROW = "INSERT INTO events (at, case_id, entity, entity_key, field, old, new, reason) SELECT"
+
+
+def _json_list(values: Iterable[str]) -> str:
+    return json.dumps(sorted(set(values)))
 
 
 def _check(value: str, allowed: Iterable[str], what: str) -> str:
@@ -532,6 +554,15 @@ class Store:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    def _records(self, cls: type[_T], sql: str, args: Sequence[Any] = ()) -> list[_T]:
+        cursor = self._db.conn.execute(sql, list(args))
+        build = _builder(cls, tuple(d[0] for d in cursor.description))
+        return [build(row) for row in cursor.fetchall()]
+
+    def _record(self, cls: type[_T], sql: str, args: Sequence[Any] = ()) -> _T | None:
+        found = self._records(cls, sql, args)
+        return found[0] if found else None
+
     def _row(self, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
         rows = self._rows(sql, args)
         return rows[0] if rows else None
@@ -591,29 +622,28 @@ class Store:
     def events(self, case_id: str | None = None, limit: int | None = None) -> list[Event]:
         """Events oldest first; with ``limit``, only the most recent ones."""
         where, args = ("WHERE case_id = ?", [case_id]) if case_id is not None else ("", [])
-        rows = self._rows(
+        events = self._records(
+            Event,
             f"SELECT * FROM events {where} ORDER BY id DESC LIMIT ?",
             [*args, -1 if limit is None else limit],
         )
-        return [_record(Event, row) for row in reversed(rows)]
+        return events[::-1]
 
     # -- cases
 
     def get_case(self, case_id: str) -> Case | None:
-        row = self._row("SELECT * FROM cases WHERE case_id = ?", [case_id])
-        return _case(row) if row else None
+        return self._record(Case, "SELECT * FROM cases WHERE case_id = ?", [case_id])
 
     def get_case_by_uid(self, case_uid: str) -> Case | None:
-        row = self._row("SELECT * FROM cases WHERE case_uid = ?", [case_uid])
-        return _case(row) if row else None
+        return self._record(Case, "SELECT * FROM cases WHERE case_uid = ?", [case_uid])
 
     def find_case_by_source(self, source_dir: str | os.PathLike[str]) -> Case | None:
         """The most recently created case from this folder (a re-plan makes a new case)."""
-        row = self._row(
+        return self._record(
+            Case,
             "SELECT * FROM cases WHERE source_dir = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
             [_source_key(source_dir)],
         )
-        return _case(row) if row else None
 
     def case_ids(self, statuses: Iterable[str]) -> list[str]:
         """Ids of the cases in ``statuses``, oldest first (cheap: no records built)."""
@@ -628,14 +658,14 @@ class Store:
 
     def case_uids(self, case_ids: Iterable[str]) -> dict[str, str]:
         """case_id -> case_uid for these cases."""
-        ids = sorted(set(case_ids))
-        found: dict[str, str] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            rows = self._rows(f"SELECT case_id, case_uid FROM cases WHERE case_id IN ({marks})", chunk)
-            found.update({row["case_id"]: row["case_uid"] for row in rows})
-        return found
+        sql = f"SELECT case_id, case_uid FROM cases WHERE case_id IN {_ANY_OF}"
+        rows = self._rows(sql, [_json_list(case_ids)])
+        return {row["case_id"]: row["case_uid"] for row in rows}
+
+    def cases_by_id(self, case_ids: Iterable[str]) -> dict[str, Case]:
+        """These cases in one query (ids not recorded are left out)."""
+        cases = self._records(Case, f"SELECT * FROM cases WHERE case_id IN {_ANY_OF}", [_json_list(case_ids)])
+        return {case.case_id: case for case in cases}
 
     def list_cases(self, statuses: Iterable[str] | None = None) -> list[Case]:
         """Cases oldest first, optionally only those in ``statuses``."""
@@ -645,8 +675,7 @@ class Store:
             if not args:
                 return []
             where = f"WHERE status IN ({', '.join('?' * len(args))})"
-        rows = self._rows(f"SELECT * FROM cases {where} ORDER BY created_at, rowid", args)
-        return [_case(row) for row in rows]
+        return self._records(Case, f"SELECT * FROM cases {where} ORDER BY created_at, rowid", args)
 
     def require_case(self, case_id: str) -> Case:
         """The case, or NotFoundError."""
@@ -733,12 +762,18 @@ class Store:
     # -- beams
 
     def list_beams(self, case_id: str) -> list[Beam]:
-        rows = self._rows("SELECT * FROM beams WHERE case_id = ? ORDER BY number", [case_id])
-        return [_record(Beam, row) for row in rows]
+        return self._records(Beam, "SELECT * FROM beams WHERE case_id = ? ORDER BY number", [case_id])
+
+    def beams_by_case(self, case_ids: Iterable[str]) -> dict[str, list[Beam]]:
+        """The beams of these cases in one query, each case's by number."""
+        sql = f"SELECT * FROM beams WHERE case_id IN {_ANY_OF} ORDER BY case_id, number"
+        found: dict[str, list[Beam]] = {}
+        for beam in self._records(Beam, sql, [_json_list(case_ids)]):
+            found.setdefault(beam.case_id, []).append(beam)
+        return found
 
     def get_beam(self, case_id: str, number: int) -> Beam | None:
-        row = self._row("SELECT * FROM beams WHERE case_id = ? AND number = ?", [case_id, number])
-        return _record(Beam, row) if row else None
+        return self._record(Beam, "SELECT * FROM beams WHERE case_id = ? AND number = ?", [case_id, number])
 
     def set_beams(self, case_id: str, beams: Iterable[Mapping[str, Any]]) -> list[Beam]:
         """Make the case's beams exactly these: ``{number, name, array_index?}`` each.
@@ -797,23 +832,62 @@ class Store:
             assert updated is not None
             return updated
 
+    def update_beams(self, updates: Iterable[tuple[str, int, Mapping[str, Any]]]) -> int:
+        """Set fields of many beams at once, ``(case_id, number, fields)`` each: the poller's mirror.
+
+        As ``update_beam`` (a changed status appends an event, ``reason`` its reason), with
+        one statement per shape of change and no row read before or after. Returns the
+        number of beams updated.
+        """
+        groups: dict[tuple[str, ...], list[tuple[str, int, dict[str, Any]]]] = {}
+        for case_id, number, given in updates:
+            _check_fields(given, _BEAM_FIELDS, "beam")
+            if "status" in given:
+                _check(given["status"], BEAM_STATUSES, "beam status")
+            changes = _normalise(dict(given))
+            groups.setdefault(tuple(changes), []).append((case_id, int(number), changes))
+        updated = 0
+        with self.transaction():
+            now = utc_now()
+            conn = self._db.conn
+            for columns, rows in groups.items():
+                if "status" in columns:
+                    conn.executemany(
+                        f"{_EVENT_FROM_ROW} ?, case_id, 'beam', number, 'status', status, ?, ? FROM beams "
+                        "WHERE case_id = ? AND number = ? AND status IS NOT ?",
+                        [(now, c["status"], c.get("reason"), k, n, c["status"]) for k, n, c in rows],
+                    )
+                sets = ", ".join(f"{column} = ?" for column in (*columns, "updated_at"))
+                cursor = conn.executemany(
+                    f"UPDATE beams SET {sets} WHERE case_id = ? AND number = ?",
+                    [(*c.values(), now, k, n) for k, n, c in rows],
+                )
+                updated += cursor.rowcount
+        return updated
+
     # -- jobs
 
     def get_job(self, job_id: str) -> Job | None:
-        row = self._row("SELECT * FROM jobs WHERE job_id = ?", [str(job_id)])
-        return _job(row) if row else None
+        return self._record(Job, "SELECT * FROM jobs WHERE job_id = ?", [str(job_id)])
 
     def list_jobs(self, case_id: str | None = None) -> list[Job]:
         """Jobs (of one case) in submission order."""
         where, args = ("WHERE case_id = ?", [case_id]) if case_id is not None else ("", [])
-        rows = self._rows(f"SELECT * FROM jobs {where} ORDER BY submitted_at, rowid", args)
-        return [_job(row) for row in rows]
+        return self._records(Job, f"SELECT * FROM jobs {where} ORDER BY submitted_at, rowid", args)
+
+    def jobs_by_case(self, case_ids: Iterable[str]) -> dict[str, list[Job]]:
+        """The jobs of these cases in one query, each case's in submission order."""
+        sql = f"SELECT * FROM jobs WHERE case_id IN {_ANY_OF} ORDER BY submitted_at, rowid"
+        found: dict[str, list[Job]] = {}
+        for job in self._records(Job, sql, [_json_list(case_ids)]):
+            found.setdefault(job.case_id, []).append(job)
+        return found
 
     def add_jobs(self, case_id: str, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
         """Record submitted jobs, each ``{job_id, step, array_indices?, state?, generation?}``.
 
-        ``state`` defaults to PENDING, ``generation`` to 1, ``submitted_at`` to now;
-        each job appends an event.
+        ``state`` defaults to PENDING (``PENDING:<tasks>`` for an array), ``generation`` to 1,
+        ``submitted_at`` to now; each job appends an event.
         """
         specs = list(jobs)
         for spec in specs:
@@ -828,12 +902,16 @@ class Store:
                 existing = self.get_job(job_id)
                 if existing is not None:
                     self._retire_recycled_id(existing, now)
+                indices = spec.get("array_indices")
                 row = {
                     "job_id": job_id,
                     "case_id": case_id,
                     "step": spec["step"],
                     "array_indices": None,
-                    "state": "PENDING",
+                    # an array starts the way the poller will see it: "PENDING:<tasks>"
+                    "state": slurm.array_state(["PENDING"] * len(slurm.parse_array_spec(indices)))
+                    if indices
+                    else "PENDING",
                     "submitted_at": now,
                     "updated_at": now,
                     "finished": False,
@@ -881,10 +959,41 @@ class Store:
             assert updated is not None
             return updated
 
+    def update_jobs(self, updates: Iterable[tuple[str, str, Mapping[str, Any]]]) -> int:
+        """Set fields of many jobs at once, ``(job_id, case_id, fields)`` each: the poller's mirror.
+
+        One statement per shape of change and an event for each changed state, with no
+        row read before or after. A job id that no longer belongs to that case (Slurm
+        reused it and the old row was retired meanwhile) is left alone. Returns the
+        number of jobs updated.
+        """
+        groups: dict[tuple[str, ...], list[tuple[str, str, dict[str, Any]]]] = {}
+        for job_id, case_id, given in updates:
+            _check_fields(given, _JOB_FIELDS, "job")
+            changes = _normalise(dict(given))
+            groups.setdefault(tuple(changes), []).append((str(job_id), case_id, changes))
+        updated = 0
+        with self.transaction():
+            now = utc_now()
+            conn = self._db.conn
+            for columns, rows in groups.items():
+                if "state" in columns:
+                    conn.executemany(
+                        f"{_EVENT_FROM_ROW} ?, case_id, 'job', job_id, 'state', state, ?, ? FROM jobs "
+                        "WHERE job_id = ? AND case_id = ? AND state IS NOT ?",
+                        [(now, c["state"], c.get("reason"), j, k, c["state"]) for j, k, c in rows],
+                    )
+                sets = ", ".join(f"{column} = ?" for column in (*columns, "updated_at"))
+                cursor = conn.executemany(
+                    f"UPDATE jobs SET {sets} WHERE job_id = ? AND case_id = ?",
+                    [(*c.values(), now, j, k) for j, k, c in rows],
+                )
+                updated += cursor.rowcount
+        return updated
+
     def active_jobs(self) -> list[Job]:
         """Jobs not yet finished, oldest first: what a poll asks Slurm about."""
-        rows = self._rows("SELECT * FROM jobs WHERE finished = 0 ORDER BY submitted_at, rowid")
-        return [_job(row) for row in rows]
+        return self._records(Job, "SELECT * FROM jobs WHERE finished = 0 ORDER BY submitted_at, rowid")
 
     def oldest_active_submit_time(self) -> str | None:
         """The earliest ``submitted_at`` of unfinished jobs (a bound for ``sacct -S``)."""

@@ -96,6 +96,11 @@ def test_sacct_commands_chunk_ids_and_bound_the_start_time() -> None:
     assert len(commands) == 3
     assert all(" -S " in command and "--parsable2" in command for command in commands)
     assert "-j 1,2,3," in commands[0]
+    # just over one chunk: two equal calls (run side by side), not a full one and a stub
+    commands = slurm.sacct_commands([str(i) for i in range(1, 1003)], since)
+    assert [command.rsplit(" -j ", 1)[1].count(",") + 1 for command in commands] == [501, 501]
+    (one,) = slurm.sacct_commands([str(i) for i in range(1, 1001)], since)
+    assert one.endswith(",1000")
 
 
 def test_submit_output_parsing() -> None:
@@ -116,3 +121,9 @@ def test_sbatch_parsable_and_exit_codes() -> None:
 def test_commands_quote_what_they_are_given() -> None:
     assert slurm.scancel_command(["12_1", "12_2", "13"]) == "scancel 12 13"
     assert slurm.submit_command("/x y/abc", [3, 1]) == "bash '/x y/abc/jobs/submit.sh' --only-beams 1,3"
+
+
+def test_array_specs_and_the_recorded_array_state() -> None:
+    assert slurm.parse_array_spec("0-3,5%2") == [0, 1, 2, 3, 5]
+    assert slurm.parse_array_spec("7") == [7]
+    assert slurm.array_state(["RUNNING", "COMPLETED", "COMPLETED"]) == "COMPLETED:2,RUNNING:1"

@@ -338,7 +338,7 @@ def test_jobs(store: Store) -> None:
     )
     assert [(j.job_id, j.state, j.generation, j.finished) for j in jobs] == [
         ("10", "PENDING", 1, False),
-        ("11", "PENDING", 1, False),
+        ("11", "PENDING:2", 1, False),  # an array: as the poller will see it, so no change is recorded
         ("12", "PENDING", 1, False),
     ]
     store.add_jobs("c2", [{"job_id": 20, "step": "simulate", "array_indices": "1,3", "generation": 2}])
@@ -358,7 +358,7 @@ def test_jobs(store: Store) -> None:
     job_events = [(e.entity_key, e.old, e.new) for e in store.events("c1") if e.entity == "job"]
     assert job_events == [
         ("10", None, "PENDING"),
-        ("11", None, "PENDING"),
+        ("11", None, "PENDING:2"),
         ("12", None, "PENDING"),
         ("10", "PENDING", "RUNNING"),
         ("10", "RUNNING", "COMPLETED"),
@@ -443,3 +443,67 @@ def test_cheap_lookups_for_the_poller(tmp_path: Path) -> None:
     assert store.case_ids(["submitted", "running"]) == ["c1", "c3"]
     assert store.case_ids([]) == []
     assert store.case_uids(["c1", "c2", "nope"]) == {"c1": "uid-c1", "c2": "uid-c2"}
+
+
+def test_bulk_mirror_writes_record_what_changed_and_nothing_else(store: Store) -> None:
+    """The poller's writes: many jobs and beams in one go, events only for real changes."""
+    for case_id in ("c1", "c2"):
+        _new_case(store, case_id)
+        store.set_beams(case_id, [{"number": 1, "name": "G0"}, {"number": 2, "name": "G90"}])
+    store.add_jobs("c1", [{"job_id": "10", "step": "prepare"}, {"job_id": "11", "step": "simulate"}])
+    store.add_jobs("c2", [{"job_id": "20", "step": "prepare"}])
+    before = len(store.events())
+
+    updated = store.update_jobs(
+        [
+            ("10", "c1", {"state": "COMPLETED", "finished": True, "exit_code": "0:0", "reason": None}),
+            ("11", "c1", {"state": "PENDING", "finished": False, "reason": None}),  # state unchanged
+            ("20", "c2", {"state": "FAILED", "finished": True, "reason": "the job exited non-zero"}),
+            ("20", "c1", {"state": "LOST", "finished": True}),  # id now belongs to another case
+        ]
+    )
+    assert updated == 3
+    assert store.get_job("10").finished and store.get_job("10").exit_code == "0:0"  # type: ignore[union-attr]
+    assert store.get_job("20").state == "FAILED"  # type: ignore[union-attr]
+    assert [j.job_id for j in store.active_jobs()] == ["11"]
+
+    updated = store.update_beams(
+        [
+            ("c1", 1, {"status": "running", "slurm_state": "RUNNING", "node": "n1", "reason": None}),
+            ("c1", 2, {"status": "pending", "slurm_state": "PENDING", "reason": "waiting: Priority"}),
+            ("c2", 1, {"status": "failed", "exit_code": 3, "ended_at": "2026-01-01T02:00:00+02:00"}),
+        ]
+    )
+    assert updated == 3
+    c1 = store.beams_by_case(["c1", "c2", "ghost"])
+    assert sorted(c1) == ["c1", "c2"]
+    assert [(b.number, b.status, b.node, b.reason) for b in c1["c1"]] == [
+        (1, "running", "n1", None),
+        (2, "pending", None, "waiting: Priority"),
+    ]
+    assert c1["c2"][0].ended_at == "2026-01-01T00:00:00Z" and c1["c2"][0].exit_code == 3
+
+    new = [(e.entity, e.entity_key, e.old, e.new, e.reason) for e in store.events()[before:]]
+    assert new == [
+        ("job", "10", "PENDING", "COMPLETED", None),
+        ("job", "20", "PENDING", "FAILED", "the job exited non-zero"),
+        ("beam", "1", "pending", "running", None),
+        ("beam", "1", "pending", "failed", None),
+    ]
+    with pytest.raises(ValueError, match="cannot set"):
+        store.update_jobs([("10", "c1", {"colour": "red"})])
+    with pytest.raises(ValueError, match="unknown beam status"):
+        store.update_beams([("c1", 1, {"status": "done"})])
+    assert len(store.events()) == before + 4  # a refused batch writes nothing
+
+
+def test_bulk_readers_take_any_number_of_ids(store: Store) -> None:
+    ids = [f"case-{n:04d}" for n in range(1200)]  # more than SQLite's old limit of 999 parameters
+    with store.transaction():
+        for case_id in ids:
+            _new_case(store, case_id)
+        store.add_jobs(ids[-1], [{"job_id": "7", "step": "post"}])
+    assert len(store.cases_by_id(ids)) == 1200
+    assert len(store.case_uids(ids + ["ghost"])) == 1200
+    assert [j.job_id for j in store.jobs_by_case(ids)[ids[-1]]] == ["7"]
+    assert store.beams_by_case([]) == {} and store.cases_by_id([]) == {}
