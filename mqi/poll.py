@@ -89,14 +89,15 @@ def merge_records(sacct: list[JobRecord], squeue: list[JobRecord]) -> dict[str, 
     but squeue does not know is a stale accounting record (slurmctld lost it) and is
     left out, so that it can be found lost.
     """
-    live_parents = {record.parent_id for record in squeue}
+    terminal = slurm.TERMINAL_STATES
+    live_parents = {record.job_id.partition("_")[0] for record in squeue}
     merged = {
         job_id: record
         for job_id, record in slurm.latest_by_job(sacct).items()
-        if slurm.phase_of(record)[0] in slurm.TERMINAL or record.parent_id in live_parents
+        if record.state in terminal or job_id.partition("_")[0] in live_parents
     }
     for record in squeue:
-        if slurm.phase_of(record)[0] not in slurm.TERMINAL or record.job_id not in merged:
+        if record.state not in terminal or record.job_id not in merged:
             merged[record.job_id] = record
     return merged
 
@@ -124,15 +125,19 @@ class Poller:
     def _cycle(self) -> PollReport:
         report = PollReport()
         touched: set[str] = set()
-        jobs = self.store.active_jobs()
-        report.jobs_tracked = len(jobs)
-        if jobs:
-            since = min(job.submitted_at or utc_now() for job in jobs)
-            command, count = query_command([job.job_id for job in jobs], since)
+        jobs: list[Job] = []
+        tracked = self.store.active_job_ids()
+        report.jobs_tracked = len(tracked)
+        if tracked:
+            since = min(submitted or utc_now() for submitted in tracked.values())
+            command, count = query_command(tracked, since)
             report.slurm_commands += count
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqi-poll-query") as pool:
                 asked = pool.submit(self.transport.run, command, timeout=120)
-                known = self._known(jobs)  # read while Slurm answers
+                # Read while Slurm answers; only the jobs asked about (another process may
+                # have recorded more meanwhile: the next cycle asks about those).
+                jobs = [job for job in self.store.active_jobs() if job.job_id in tracked]
+                known = self._known(jobs)
                 records = self._answer(asked, report)
             if records is not None:
                 touched = self._mirror(jobs, known, records, report)
@@ -154,7 +159,7 @@ class Poller:
         beams = self.store.beams_by_case(job.case_id for job in jobs if job.step == "simulate")
         return _Known(
             names={job.job_id: slurm.job_name(uids.get(job.case_id, ""), job.step) for job in jobs},
-            beams=beams,
+            beams={(case_id, b.job_id): b for case_id, found in beams.items() for b in found if b.job_id},
         )
 
     def _answer(self, asked: Future[CommandResult], report: PollReport) -> dict[str, JobRecord] | None:
@@ -182,15 +187,15 @@ class Poller:
     ) -> set[str]:
         """Slurm's answer into the store in one write transaction; the cases that changed."""
         by_parent: dict[str, list[JobRecord]] = {}
-        for record in records.values():
-            by_parent.setdefault(record.parent_id, []).append(record)
+        for job_id, record in records.items():
+            by_parent.setdefault(job_id.partition("_")[0], []).append(record)
         changes = _Changes()
         for job in jobs:
             # Ids are recycled after a controller loses its state: match names too.
             name = known.names[job.job_id]
             own = [r for r in by_parent.get(job.job_id, []) if r.name == name]
             before = len(changes)
-            self._mirror_job(job, own, known.beams.get(job.case_id, []), changes)
+            self._mirror_job(job, own, known.beams, changes)
             if len(changes) != before:
                 changes.touched.add(job.case_id)
         with self.store.transaction():  # one sync instead of hundreds
@@ -201,7 +206,9 @@ class Poller:
             self._dependency_never_satisfied(job, report)
         return changes.touched
 
-    def _mirror_job(self, job: Job, own: list[JobRecord], beams: list[Beam], changes: _Changes) -> None:
+    def _mirror_job(
+        self, job: Job, own: list[JobRecord], beams: dict[tuple[str, str], Beam], changes: _Changes
+    ) -> None:
         if not own:
             self._maybe_lost(job, changes)
             return
@@ -209,7 +216,7 @@ class Poller:
             own = _as_tasks(own, job.array_indices)
             _mirror_tasks(job, own, beams, changes)
             phases = [slurm.phase_of(r)[0] for r in own]
-            expected = len(slurm.parse_array_spec(job.array_indices)) if job.array_indices else 1
+            expected = slurm.array_size(job.array_indices) if job.array_indices else 1
             finished = len(own) >= expected and all(p in slurm.TERMINAL for p in phases)
             state = slurm.array_state(r.state for r in own)
             reason = None
@@ -408,7 +415,7 @@ class Poller:
 @dataclass
 class _Known:
     names: dict[str, str]  # job id -> the name its job must carry
-    beams: dict[str, list[Beam]]  # case id -> beams
+    beams: dict[tuple[str, str], Beam]  # (case id, array task id) -> the beam it computes
 
 
 @dataclass
@@ -424,11 +431,12 @@ class _Changes:
         return len(self.jobs) + len(self.beams) + len(self.never_satisfied)
 
 
-def _mirror_tasks(job: Job, tasks: list[JobRecord], beams: list[Beam], changes: _Changes) -> None:
+def _mirror_tasks(
+    job: Job, tasks: list[JobRecord], beams: dict[tuple[str, str], Beam], changes: _Changes
+) -> None:
     """Array tasks onto the beams that point at them."""
-    by_task = {b.job_id: b for b in beams}
     for record in tasks:
-        beam = by_task.get(record.job_id)
+        beam = beams.get((job.case_id, record.job_id))
         if beam is None or (beam.status in TERMINAL_BEAM_STATUSES and beam.slurm_state == record.state):
             continue
         phase, reason = slurm.phase_of(record)
@@ -495,9 +503,9 @@ def _beam_errors(summary: dict[str, Any]) -> str:
 
 def _as_tasks(records: list[JobRecord], indices: str | None) -> list[JobRecord]:
     """sacct may list a one-task array as plain ``39`` before ``39_1``: name the task."""
-    only = slurm.parse_array_spec(indices) if indices else []
-    if len(only) != 1:
-        return [r for r in records if r.array_index is not None]
+    if not indices or slurm.array_size(indices) != 1:
+        return [r for r in records if "_" in r.job_id]
+    only = slurm.parse_array_spec(indices)
     named = [r for r in records if r.array_index is not None]
     if named:
         return named

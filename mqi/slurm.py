@@ -12,11 +12,11 @@ import functools
 import json
 import re
 import shlex
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mqi.errors import UsageError
 
@@ -271,6 +271,7 @@ def parse_sbatch_parsable(stdout: str) -> str:
     return job_id
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_exit_code(text: str) -> tuple[int | None, int | None]:
     """``code:signal`` -> (code, signal); anything else (e.g. a reason) -> (None, None)."""
     code, sep, signal = text.partition(":")
@@ -288,15 +289,18 @@ def _none(value: str) -> str | None:
     return None if value in _NO_VALUE else value
 
 
-def _expand_task_ids(job_id: str) -> Iterator[str]:
+def _expand_task_ids(job_id: str) -> list[str]:
     """``15_[1-4%1]`` -> 15_1 .. 15_4; other ids unchanged."""
     match = _TASK_RANGE.fullmatch(job_id) if "[" in job_id else None
     if not match:
-        yield job_id
-        return
+        return [job_id]
     parent, spec = match.groups()
-    for index in parse_array_spec(spec):
-        yield f"{parent}_{index}"
+    return [f"{parent}_{index}" for index in parse_array_spec(spec)]
+
+
+def _record(values: tuple[Any, ...]) -> JobRecord:
+    # tuple.__new__ skips the named tuple's Python-level __new__: a cycle builds thousands.
+    return tuple.__new__(JobRecord, values)
 
 
 def parse_array_spec(spec: str) -> list[int]:
@@ -306,6 +310,12 @@ def parse_array_spec(spec: str) -> list[int]:
         low, _, high = part.partition("-")
         indices.extend(range(int(low), int(high or low) + 1))
     return indices
+
+
+@functools.lru_cache(maxsize=1024)
+def array_size(spec: str) -> int:
+    """How many tasks an ``--array`` spec makes."""
+    return len(parse_array_spec(spec))
 
 
 def array_state(task_states: Iterable[str]) -> str:
@@ -321,12 +331,15 @@ def parse_sacct(text: str) -> list[JobRecord]:
     """``sacct -X --parsable2 --noheader --format=<SACCT_FIELDS>`` output (a header line is skipped)."""
     records: list[JobRecord] = []
     width = len(SACCT_FIELDS)
+    empty = _NO_VALUE
     for line in text.splitlines():
-        if not line.strip() or line.startswith("JobID|"):
-            continue
         parts = line.split("|")
         if len(parts) < width:
+            if not line.strip():
+                continue
             raise SlurmOutputError(f"unexpected sacct line: {line[:160]!r}")
+        if line.startswith("JobID|"):
+            continue
         job_id, raw_id, name, state_detail, exit_text, submit, start, end, _elapsed, node, reason = parts[
             : width - 1
         ]
@@ -334,34 +347,35 @@ def parse_sacct(text: str) -> list[JobRecord]:
         comment = parts[width - 1] if len(parts) == width else "|".join(parts[width - 1 :])
         code, signal = parse_exit_code(exit_text)
         state_detail = state_detail.strip()
-        state = state_detail.split()[0] if state_detail else "UNKNOWN"
         fields = (
             raw_id,
             name,
-            state,
+            state_detail.split()[0] if state_detail else "UNKNOWN",
             state_detail,
-            _none(reason),
+            None if reason in empty else reason,
             code,
             signal,
-            _none(node),
-            _none(submit),
-            _none(start),
-            _none(end),
+            None if node in empty else node,
+            None if submit in empty else submit,
+            None if start in empty else start,
+            None if end in empty else end,
             _none(comment),
+            None,
         )
         for expanded in _expand_task_ids(job_id):
-            records.append(JobRecord(expanded, *fields))
+            records.append(_record((expanded, *fields)))
     return records
 
 
 def parse_squeue(text: str) -> list[JobRecord]:
     """``squeue -h -t all -r -o SQUEUE_FORMAT`` output."""
     records: list[JobRecord] = []
+    empty = _NO_VALUE
     for line in text.splitlines():
-        if not line.strip():
-            continue
         parts = line.split("|")
         if len(parts) != 10:
+            if not line.strip():
+                continue
             raise SlurmOutputError(f"unexpected squeue line: {line[:160]!r}")
         job_id, raw_id, name, state, reason, comment, node, dependency, submit, start = parts
         fields = (
@@ -369,18 +383,18 @@ def parse_squeue(text: str) -> list[JobRecord]:
             name,
             state.split()[0] if state else "UNKNOWN",
             state,
-            _none(reason),
+            None if reason in empty else reason,
             None,
             None,
-            _none(node),
-            _none(submit),
-            _none(start),
+            None if node in empty else node,
+            None if submit in empty else submit,
+            None if start in empty else start,
             None,
-            _none(comment),
-            _none(dependency),
+            None if comment in empty else comment,
+            None if dependency in empty else dependency,
         )
         for expanded in _expand_task_ids(job_id):
-            records.append(JobRecord(expanded, *fields))
+            records.append(_record((expanded, *fields)))
     return records
 
 
@@ -441,6 +455,8 @@ _PHASES: dict[str, tuple[Phase, str | None]] = {
 }
 
 TERMINAL = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED})
+# The base states whose phase is terminal (an unknown state never is).
+TERMINAL_STATES = frozenset(state for state, (phase, _) in _PHASES.items() if phase in TERMINAL)
 
 
 def phase_of(record: JobRecord) -> tuple[Phase, str | None]:

@@ -995,6 +995,11 @@ class Store:
         """Jobs not yet finished, oldest first: what a poll asks Slurm about."""
         return self._records(Job, "SELECT * FROM jobs WHERE finished = 0 ORDER BY submitted_at, rowid")
 
+    def active_job_ids(self) -> dict[str, str | None]:
+        """Unfinished job ids and their submit times (cheap: no records built)."""
+        rows = self._db.conn.execute("SELECT job_id, submitted_at FROM jobs WHERE finished = 0").fetchall()
+        return dict(rows)
+
     def oldest_active_submit_time(self) -> str | None:
         """The earliest ``submitted_at`` of unfinished jobs (a bound for ``sacct -S``)."""
         row = self._row("SELECT min(submitted_at) AS t FROM jobs WHERE finished = 0")
