@@ -194,10 +194,7 @@ class Poller:
             # Ids are recycled after a controller loses its state: match names too.
             name = known.names[job.job_id]
             own = [r for r in by_parent.get(job.job_id, []) if r.name == name]
-            before = len(changes)
             self._mirror_job(job, own, known.beams, changes)
-            if len(changes) != before:
-                changes.touched.add(job.case_id)
         with self.store.transaction():  # one sync instead of hundreds
             self.store.update_jobs(changes.jobs)
             self.store.update_beams(changes.beams)
@@ -227,19 +224,20 @@ class Poller:
             state = record.state_detail
             if slurm.never_satisfied(record):
                 changes.never_satisfied.append(job)
+                changes.touched.add(job.case_id)
                 return
         if state != job.state or finished != job.finished:
             fields: dict[str, Any] = {"state": state, "finished": finished, "reason": reason}
             if job.step != "simulate" and own[0].exit_code is not None:
                 fields["exit_code"] = f"{own[0].exit_code}:{own[0].signal or 0}"
-            changes.jobs.append((job.job_id, job.case_id, fields))
+            changes.job(job, fields)
 
     def _maybe_lost(self, job: Job, changes: _Changes) -> None:
         age = slurm.utc_now() - parse_utc(job.submitted_at or utc_now())
         if age < timedelta(seconds=self.config.poll.lost_grace_seconds):
             return
         fields = {"state": "LOST", "finished": True, "reason": "unknown to squeue and sacct"}
-        changes.jobs.append((job.job_id, job.case_id, fields))
+        changes.job(job, fields)
         self.log(f"job {job.job_id} of {job.case_id} is unknown to Slurm: lost")
 
     def _dependency_never_satisfied(self, job: Job, report: PollReport) -> None:
@@ -430,6 +428,14 @@ class _Changes:
     def __len__(self) -> int:
         return len(self.jobs) + len(self.beams) + len(self.never_satisfied)
 
+    def job(self, job: Job, fields: dict[str, Any]) -> None:
+        self.jobs.append((job.job_id, job.case_id, fields))
+        self.touched.add(job.case_id)
+
+    def beam(self, beam: Beam, fields: dict[str, Any]) -> None:
+        self.beams.append((beam.case_id, beam.number, fields))
+        self.touched.add(beam.case_id)
+
 
 def _mirror_tasks(
     job: Job, tasks: list[JobRecord], beams: dict[tuple[str, str], Beam], changes: _Changes
@@ -462,7 +468,7 @@ def _mirror_tasks(
             fields["ended_at"] = slurm.slurm_time_to_utc_iso(record.end)
         if record.exit_code is not None:
             fields["exit_code"] = record.exit_code
-        changes.beams.append((job.case_id, beam.number, fields))
+        changes.beam(beam, fields)
 
 
 def deliver_results(

@@ -651,16 +651,13 @@ class Store:
         if not args:
             return []
         marks = ", ".join("?" * len(args))
-        rows = self._rows(
-            f"SELECT case_id FROM cases WHERE status IN ({marks}) ORDER BY created_at, rowid", args
-        )
-        return [row["case_id"] for row in rows]
+        sql = f"SELECT case_id FROM cases WHERE status IN ({marks}) ORDER BY created_at, rowid"
+        return [case_id for (case_id,) in self._db.conn.execute(sql, args)]
 
     def case_uids(self, case_ids: Iterable[str]) -> dict[str, str]:
         """case_id -> case_uid for these cases."""
         sql = f"SELECT case_id, case_uid FROM cases WHERE case_id IN {_ANY_OF}"
-        rows = self._rows(sql, [_json_list(case_ids)])
-        return {row["case_id"]: row["case_uid"] for row in rows}
+        return dict(self._db.conn.execute(sql, [_json_list(case_ids)]).fetchall())
 
     def cases_by_id(self, case_ids: Iterable[str]) -> dict[str, Case]:
         """These cases in one query (ids not recorded are left out)."""
