@@ -504,6 +504,6 @@ def test_bulk_readers_take_any_number_of_ids(store: Store) -> None:
             _new_case(store, case_id)
         store.add_jobs(ids[-1], [{"job_id": "7", "step": "post"}])
     assert len(store.cases_by_id(ids)) == 1200
-    assert len(store.case_uids(ids + ["ghost"])) == 1200
+    assert len(store.case_uids([*ids, "ghost"])) == 1200
     assert [j.job_id for j in store.jobs_by_case(ids)[ids[-1]]] == ["7"]
     assert store.beams_by_case([]) == {} and store.cases_by_id([]) == {}
