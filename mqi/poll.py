@@ -12,13 +12,13 @@ import json
 import os
 import shlex
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from mqi import slurm
 from mqi.bundle import RESULTS_DIR, SUMMARY_NAME, sha256_file
@@ -41,6 +41,7 @@ from mqi.transport import CommandResult, Transport
 
 _SECTION = "@@mqi-section@@"
 MAX_AUTOMATIC_RESUBMITS = 1
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -69,13 +70,14 @@ def query_command(job_ids: Iterable[str], since_iso: str) -> tuple[str, int]:
     first, *rest = slurm.sacct_commands(job_ids, parse_utc(since_iso))
     background = [f'{{ {slurm.squeue_command()} > "$t/q"; echo $? > "$t/rq"; }} &']
     background += [f'{{ {sacct} > "$t/a{n}"; echo $? > "$t/r{n}"; }} &' for n, sacct in enumerate(rest)]
-    collect = [f'cat "$t/a{n}"; read x < "$t/r{n}"; rc=$((rc + x))' for n in range(len(rest))]
+    # A missing or empty status file (a killed subshell, a full disk) counts as a failure.
+    collect = [f'cat "$t/a{n}"; x=1; read x < "$t/r{n}"; [ "$x" = 0 ] || rc=1' for n in range(len(rest))]
     foreground = [
         f"{first}; rc=$?",
         "wait",
         *collect,
         f"echo {_SECTION}",
-        'cat "$t/q"; read x < "$t/rq"; rc=$((rc + x))',
+        'cat "$t/q"; x=1; read x < "$t/rq"; [ "$x" = 0 ] || rc=1',
         'rm -rf "$t"; exit $rc',
     ]
     command = "t=$(mktemp -d) || exit 1; " + " ".join(background) + " " + "; ".join(foreground)
@@ -132,13 +134,12 @@ class Poller:
             since = min(submitted or utc_now() for submitted in tracked.values())
             command, count = query_command(tracked, since)
             report.slurm_commands += count
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqi-poll-query") as pool:
-                asked = pool.submit(self.transport.run, command, timeout=120)
-                # Read while Slurm answers; only the jobs asked about (another process may
-                # have recorded more meanwhile: the next cycle asks about those).
-                jobs = [job for job in self.store.active_jobs() if job.job_id in tracked]
-                known = self._known(jobs)
-                records = self._answer(asked, report)
+            asked = _Background(lambda: self.transport.run(command, timeout=120))
+            # Read while Slurm answers; only the jobs asked about (another process may
+            # have recorded more meanwhile: the next cycle asks about those).
+            jobs = [job for job in self.store.active_jobs() if job.job_id in tracked]
+            known = self._known(jobs)
+            records = self._answer(asked, report)
             if records is not None:
                 touched = self._mirror(jobs, known, records, report)
         waiting_on_slurm = {job.case_id for job in jobs}
@@ -162,7 +163,7 @@ class Poller:
             beams={(case_id, b.job_id): b for case_id, found in beams.items() for b in found if b.job_id},
         )
 
-    def _answer(self, asked: Future[CommandResult], report: PollReport) -> dict[str, JobRecord] | None:
+    def _answer(self, asked: _Background[CommandResult], report: PollReport) -> dict[str, JobRecord] | None:
         """Slurm's records by job id, or None when Slurm or the cluster did not answer."""
         try:
             result = asked.result()
@@ -227,9 +228,10 @@ class Poller:
                 changes.touched.add(job.case_id)
                 return
         if state != job.state or finished != job.finished:
-            fields: dict[str, Any] = {"state": state, "finished": finished, "reason": reason}
+            exit_code = None
             if job.step != "simulate" and own[0].exit_code is not None:
-                fields["exit_code"] = f"{own[0].exit_code}:{own[0].signal or 0}"
+                exit_code = f"{own[0].exit_code}:{own[0].signal or 0}"
+            fields = {"state": state, "finished": finished, "reason": reason, "exit_code": exit_code}
             changes.job(job, fields)
 
     def _maybe_lost(self, job: Job, changes: _Changes) -> None:
@@ -251,44 +253,51 @@ class Poller:
 
     # -- case level ---------------------------------------------------------------------
     def _settle_cases(self, case_ids: list[str], report: PollReport) -> None:
-        """Each case's status from its jobs and beams: read in three queries, plain status
-        changes written in one transaction."""
+        """Each case's next step from its jobs and beams, read in three queries.
+
+        Plain status changes are written first, together; then the cases that need work
+        (results to fetch, a lost chain to resubmit) get it, one by one.
+        """
         cases = self.store.cases_by_id(case_ids)
         jobs = self.store.jobs_by_case(case_ids)
         beams = self.store.beams_by_case(case_ids)
         statuses: dict[str, str] = {}
+        actions: list[tuple[str, Callable[[], None]]] = []
         for case_id in case_ids:
             case = cases.get(case_id)
             if case is None or not jobs.get(case_id):
                 continue
-            try:
-                status = self._settle_case(case, jobs[case_id], beams.get(case_id, []), report)
-            except MqiError as error:
-                report.errors.append(f"{case_id}: {error}")
-                self.log(f"{case_id}: {error} (will retry next cycle)")
-                continue
-            if status is not None and status != case.status:
-                statuses[case_id] = status
+            step = self._next_step(case, jobs[case_id], beams.get(case_id, []), report)
+            if isinstance(step, str):
+                if step != case.status:
+                    statuses[case_id] = step
+            else:
+                actions.append((case_id, step))
         if statuses:
             with self.store.transaction():
                 for case_id, status in statuses.items():
                     self.store.update_case(case_id, status=status)
             report.changes += len(statuses)
+        for case_id, action in actions:
+            try:
+                action()
+            except MqiError as error:
+                report.errors.append(f"{case_id}: {error}")
+                self.log(f"{case_id}: {error} (will retry next cycle)")
 
-    def _settle_case(self, case: Case, jobs: list[Job], beams: list[Beam], report: PollReport) -> str | None:
-        """Deliver, resubmit or mark a case; else the status its jobs and beams give it."""
+    def _next_step(
+        self, case: Case, jobs: list[Job], beams: list[Beam], report: PollReport
+    ) -> str | Callable[[], None]:
+        """The status a case's jobs and beams give it, or the work it needs first."""
         generation = max(job.generation for job in jobs)
         current = {job.step: job for job in jobs if job.generation == generation}
         if any(job.state == "LOST" for job in current.values()):
-            self._resubmit_lost(case.case_id, current, report)
-            return None
+            return lambda: self._resubmit_lost(case.case_id, current, report)
         post = current.get("post")
         if post is not None and post.finished and post.state != "LOST":
             if post.state.startswith("CANCELLED"):
-                self._mark_cancelled(case.case_id, report)
-            else:
-                self._deliver(case.case_id, post, report)
-            return None
+                return lambda: self._mark_cancelled(case.case_id, report)
+            return lambda: self._deliver(case.case_id, post, report)
         if post is not None and post.state == "RUNNING":
             return "postprocessing"
         if any(b.status in ("running", "completed", "failed") for b in beams):
@@ -410,6 +419,29 @@ class Poller:
         self.log(f"{case_id}: results in {target}")
 
 
+class _Background(Generic[_T]):
+    """A call on a daemon thread: an interrupted poll does not wait for its remote command."""
+
+    def __init__(self, call: Callable[[], _T]) -> None:
+        self._call = call
+        self._outcome: tuple[_T | None, BaseException | None] = (None, None)
+        self._thread = threading.Thread(target=self._run, name="mqi-poll-query", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._outcome = (self._call(), None)
+        except BaseException as error:  # handed to the caller by result()
+            self._outcome = (None, error)
+
+    def result(self) -> _T:
+        self._thread.join()
+        value, error = self._outcome
+        if error is not None:
+            raise error
+        return value  # type: ignore[return-value]
+
+
 @dataclass
 class _Known:
     names: dict[str, str]  # job id -> the name its job must carry
@@ -420,20 +452,21 @@ class _Known:
 class _Changes:
     """What one cycle found changed, written to the store together."""
 
-    jobs: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-    beams: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    jobs: list[tuple[Job, dict[str, Any]]] = field(default_factory=list)
+    beams: list[tuple[Beam, dict[str, Any]]] = field(default_factory=list)
     never_satisfied: list[Job] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
 
     def __len__(self) -> int:
-        return len(self.jobs) + len(self.beams) + len(self.never_satisfied)
+        # never_satisfied jobs are counted when they are cancelled
+        return len(self.jobs) + len(self.beams)
 
     def job(self, job: Job, fields: dict[str, Any]) -> None:
-        self.jobs.append((job.job_id, job.case_id, fields))
+        self.jobs.append((job, fields))
         self.touched.add(job.case_id)
 
     def beam(self, beam: Beam, fields: dict[str, Any]) -> None:
-        self.beams.append((beam.case_id, beam.number, fields))
+        self.beams.append((beam, fields))
         self.touched.add(beam.case_id)
 
 

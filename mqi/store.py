@@ -829,20 +829,23 @@ class Store:
             assert updated is not None
             return updated
 
-    def update_beams(self, updates: Iterable[tuple[str, int, Mapping[str, Any]]]) -> int:
-        """Set fields of many beams at once, ``(case_id, number, fields)`` each: the poller's mirror.
+    def update_beams(self, updates: Iterable[tuple[Beam, Mapping[str, Any]]]) -> int:
+        """Set fields of many beams at once, ``(beam as read, fields)`` each: the poller's mirror.
 
-        As ``update_beam`` (a changed status appends an event, ``reason`` its reason), with
-        one statement per shape of change and no row read before or after. Returns the
-        number of beams updated.
+        As ``update_beam`` (a changed status appends an event, ``reason`` its reason), but
+        compare-and-set: a beam whose status or job changed since the caller read it (a
+        cancel, a retry) is left alone, to be read again next cycle. One statement per
+        shape of change, no row read back. Returns the number of beams updated.
         """
-        groups: dict[tuple[str, ...], list[tuple[str, int, dict[str, Any]]]] = {}
-        for case_id, number, given in updates:
+        groups: dict[tuple[str, ...], list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+        for beam, given in updates:
             _check_fields(given, _BEAM_FIELDS, "beam")
             if "status" in given:
                 _check(given["status"], BEAM_STATUSES, "beam status")
             changes = _normalise(dict(given))
-            groups.setdefault(tuple(changes), []).append((case_id, int(number), changes))
+            guard = (beam.case_id, beam.number, beam.status, beam.job_id)
+            groups.setdefault(tuple(changes), []).append((guard, changes))
+        where = "WHERE case_id = ? AND number = ? AND status = ? AND job_id IS ?"
         updated = 0
         with self.transaction():
             now = utc_now()
@@ -851,13 +854,12 @@ class Store:
                 if "status" in columns:
                     conn.executemany(
                         f"{_EVENT_FROM_ROW} ?, case_id, 'beam', number, 'status', status, ?, ? FROM beams "
-                        "WHERE case_id = ? AND number = ? AND status IS NOT ?",
-                        [(now, c["status"], c.get("reason"), k, n, c["status"]) for k, n, c in rows],
+                        f"{where} AND status IS NOT ?",
+                        [(now, c["status"], c.get("reason"), *guard, c["status"]) for guard, c in rows],
                     )
                 sets = ", ".join(f"{column} = ?" for column in (*columns, "updated_at"))
                 cursor = conn.executemany(
-                    f"UPDATE beams SET {sets} WHERE case_id = ? AND number = ?",
-                    [(*c.values(), now, k, n) for k, n, c in rows],
+                    f"UPDATE beams SET {sets} {where}", [(*c.values(), now, *guard) for guard, c in rows]
                 )
                 updated += cursor.rowcount
         return updated
@@ -956,19 +958,21 @@ class Store:
             assert updated is not None
             return updated
 
-    def update_jobs(self, updates: Iterable[tuple[str, str, Mapping[str, Any]]]) -> int:
-        """Set fields of many jobs at once, ``(job_id, case_id, fields)`` each: the poller's mirror.
+    def update_jobs(self, updates: Iterable[tuple[Job, Mapping[str, Any]]]) -> int:
+        """Set fields of many jobs at once, ``(job as read, fields)`` each: the poller's mirror.
 
-        One statement per shape of change and an event for each changed state, with no
-        row read before or after. A job id that no longer belongs to that case (Slurm
-        reused it and the old row was retired meanwhile) is left alone. Returns the
-        number of jobs updated.
+        Compare-and-set: a job whose state, finished flag or case changed since the caller
+        read it (a cancel, a resubmission, an id Slurm reused) is left alone, to be read
+        again next cycle. One statement per shape of change, an event for each changed
+        state, no row read back. Returns the number of jobs updated.
         """
-        groups: dict[tuple[str, ...], list[tuple[str, str, dict[str, Any]]]] = {}
-        for job_id, case_id, given in updates:
+        groups: dict[tuple[str, ...], list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+        for job, given in updates:
             _check_fields(given, _JOB_FIELDS, "job")
             changes = _normalise(dict(given))
-            groups.setdefault(tuple(changes), []).append((str(job_id), case_id, changes))
+            guard = (job.job_id, job.case_id, job.state, int(job.finished))
+            groups.setdefault(tuple(changes), []).append((guard, changes))
+        where = "WHERE job_id = ? AND case_id = ? AND state IS ? AND finished = ?"
         updated = 0
         with self.transaction():
             now = utc_now()
@@ -977,13 +981,12 @@ class Store:
                 if "state" in columns:
                     conn.executemany(
                         f"{_EVENT_FROM_ROW} ?, case_id, 'job', job_id, 'state', state, ?, ? FROM jobs "
-                        "WHERE job_id = ? AND case_id = ? AND state IS NOT ?",
-                        [(now, c["state"], c.get("reason"), j, k, c["state"]) for j, k, c in rows],
+                        f"{where} AND state IS NOT ?",
+                        [(now, c["state"], c.get("reason"), *guard, c["state"]) for guard, c in rows],
                     )
                 sets = ", ".join(f"{column} = ?" for column in (*columns, "updated_at"))
                 cursor = conn.executemany(
-                    f"UPDATE jobs SET {sets} WHERE job_id = ? AND case_id = ?",
-                    [(*c.values(), now, j, k) for j, k, c in rows],
+                    f"UPDATE jobs SET {sets} {where}", [(*c.values(), now, *guard) for guard, c in rows]
                 )
                 updated += cursor.rowcount
         return updated

@@ -452,36 +452,40 @@ def test_bulk_mirror_writes_record_what_changed_and_nothing_else(store: Store) -
         store.set_beams(case_id, [{"number": 1, "name": "G0"}, {"number": 2, "name": "G90"}])
     store.add_jobs("c1", [{"job_id": "10", "step": "prepare"}, {"job_id": "11", "step": "simulate"}])
     store.add_jobs("c2", [{"job_id": "20", "step": "prepare"}])
+    jobs = {job.job_id: job for job in store.active_jobs()}
     before = len(store.events())
 
     updated = store.update_jobs(
         [
-            ("10", "c1", {"state": "COMPLETED", "finished": True, "exit_code": "0:0", "reason": None}),
-            ("11", "c1", {"state": "PENDING", "finished": False, "reason": None}),  # state unchanged
-            ("20", "c2", {"state": "FAILED", "finished": True, "reason": "the job exited non-zero"}),
-            ("20", "c1", {"state": "LOST", "finished": True}),  # id now belongs to another case
+            (jobs["10"], {"state": "COMPLETED", "finished": True, "exit_code": "0:0", "reason": None}),
+            (jobs["11"], {"state": "PENDING", "finished": False, "reason": None}),  # state unchanged
+            (jobs["20"], {"state": "FAILED", "finished": True, "reason": "the job exited non-zero"}),
         ]
     )
     assert updated == 3
     assert store.get_job("10").finished and store.get_job("10").exit_code == "0:0"  # type: ignore[union-attr]
     assert store.get_job("20").state == "FAILED"  # type: ignore[union-attr]
     assert [j.job_id for j in store.active_jobs()] == ["11"]
+    # a job changed since it was read (here: by the write above) is left alone
+    assert store.update_jobs([(jobs["20"], {"state": "LOST", "finished": True})]) == 0
+    assert store.get_job("20").state == "FAILED"  # type: ignore[union-attr]
 
+    beams = store.beams_by_case(["c1", "c2", "ghost"])
+    assert sorted(beams) == ["c1", "c2"]
     updated = store.update_beams(
         [
-            ("c1", 1, {"status": "running", "slurm_state": "RUNNING", "node": "n1", "reason": None}),
-            ("c1", 2, {"status": "pending", "slurm_state": "PENDING", "reason": "waiting: Priority"}),
-            ("c2", 1, {"status": "failed", "exit_code": 3, "ended_at": "2026-01-01T02:00:00+02:00"}),
+            (beams["c1"][0], {"status": "running", "slurm_state": "RUNNING", "node": "n1", "reason": None}),
+            (beams["c1"][1], {"status": "pending", "slurm_state": "PENDING", "reason": "waiting: Priority"}),
+            (beams["c2"][0], {"status": "failed", "exit_code": 3, "ended_at": "2026-01-01T02:00:00+02:00"}),
         ]
     )
     assert updated == 3
-    c1 = store.beams_by_case(["c1", "c2", "ghost"])
-    assert sorted(c1) == ["c1", "c2"]
-    assert [(b.number, b.status, b.node, b.reason) for b in c1["c1"]] == [
+    now = store.beams_by_case(["c1", "c2"])
+    assert [(b.number, b.status, b.node, b.reason) for b in now["c1"]] == [
         (1, "running", "n1", None),
         (2, "pending", None, "waiting: Priority"),
     ]
-    assert c1["c2"][0].ended_at == "2026-01-01T00:00:00Z" and c1["c2"][0].exit_code == 3
+    assert now["c2"][0].ended_at == "2026-01-01T00:00:00Z" and now["c2"][0].exit_code == 3
 
     new = [(e.entity, e.entity_key, e.old, e.new, e.reason) for e in store.events()[before:]]
     assert new == [
@@ -491,10 +495,28 @@ def test_bulk_mirror_writes_record_what_changed_and_nothing_else(store: Store) -
         ("beam", "1", "pending", "failed", None),
     ]
     with pytest.raises(ValueError, match="cannot set"):
-        store.update_jobs([("10", "c1", {"colour": "red"})])
+        store.update_jobs([(jobs["10"], {"colour": "red"})])
     with pytest.raises(ValueError, match="unknown beam status"):
-        store.update_beams([("c1", 1, {"status": "done"})])
+        store.update_beams([(now["c1"][0], {"status": "done"})])
     assert len(store.events()) == before + 4  # a refused batch writes nothing
+
+
+def test_bulk_beam_writes_never_undo_a_cancel_made_meanwhile(store: Store) -> None:
+    """A poll reads a beam, then `mqi cancel` changes it before the poll writes."""
+    _new_case(store)
+    store.set_beams("c1", [{"number": 1, "name": "G0"}])
+    store.update_beam("c1", 1, status="running", job_id="7_0", slurm_state="RUNNING")
+    (seen,) = store.beams_by_case(["c1"])["c1"]
+    store.update_beam("c1", 1, status="cancelled", reason="cancelled by the user")
+    assert store.update_beams([(seen, {"status": "running", "slurm_state": "COMPLETED"})]) == 0
+    beam = store.get_beam("c1", 1)
+    assert beam is not None and beam.status == "cancelled" and beam.slurm_state == "RUNNING"
+    # and a beam moved to a new chain (a retry) is not written with the old chain's state
+    store.update_beam("c1", 1, status="pending", job_id="9_0", slurm_state="PENDING")
+    (seen,) = store.beams_by_case(["c1"])["c1"]
+    moved = type(seen)(**{**seen.to_dict(), "job_id": "7_0"})
+    assert store.update_beams([(moved, {"status": "failed", "slurm_state": "FAILED"})]) == 0
+    assert store.get_beam("c1", 1).status == "pending"  # type: ignore[union-attr]
 
 
 def test_bulk_readers_take_any_number_of_ids(store: Store) -> None:
