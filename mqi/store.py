@@ -191,6 +191,7 @@ class Event:
 
 
 _T = TypeVar("_T")
+_R = TypeVar("_R", Beam, Job)  # records that belong to a case
 
 
 @functools.cache
@@ -559,6 +560,13 @@ class Store:
         build = _builder(cls, tuple(d[0] for d in cursor.description))
         return [build(row) for row in cursor.fetchall()]
 
+    def _by_case(self, cls: type[_R], table: str, order: str, case_ids: Iterable[str]) -> dict[str, list[_R]]:
+        found: dict[str, list[_R]] = {}
+        sql = f"SELECT * FROM {table} WHERE case_id IN {_ANY_OF} {order}"
+        for record in self._records(cls, sql, [_json_list(case_ids)]):
+            found.setdefault(record.case_id, []).append(record)
+        return found
+
     def _record(self, cls: type[_T], sql: str, args: Sequence[Any] = ()) -> _T | None:
         found = self._records(cls, sql, args)
         return found[0] if found else None
@@ -763,11 +771,7 @@ class Store:
 
     def beams_by_case(self, case_ids: Iterable[str]) -> dict[str, list[Beam]]:
         """The beams of these cases in one query, each case's by number."""
-        sql = f"SELECT * FROM beams WHERE case_id IN {_ANY_OF} ORDER BY case_id, number"
-        found: dict[str, list[Beam]] = {}
-        for beam in self._records(Beam, sql, [_json_list(case_ids)]):
-            found.setdefault(beam.case_id, []).append(beam)
-        return found
+        return self._by_case(Beam, "beams", "ORDER BY case_id, number", case_ids)
 
     def get_beam(self, case_id: str, number: int) -> Beam | None:
         return self._record(Beam, "SELECT * FROM beams WHERE case_id = ? AND number = ?", [case_id, number])
@@ -837,32 +841,14 @@ class Store:
         cancel, a retry) is left alone, to be read again next cycle. One statement per
         shape of change, no row read back. Returns the number of beams updated.
         """
-        groups: dict[tuple[str, ...], list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+        rows = []
         for beam, given in updates:
             _check_fields(given, _BEAM_FIELDS, "beam")
             if "status" in given:
                 _check(given["status"], BEAM_STATUSES, "beam status")
-            changes = _normalise(dict(given))
-            guard = (beam.case_id, beam.number, beam.status, beam.job_id)
-            groups.setdefault(tuple(changes), []).append((guard, changes))
+            rows.append(((beam.case_id, beam.number, beam.status, beam.job_id), _normalise(dict(given))))
         where = "WHERE case_id = ? AND number = ? AND status = ? AND job_id IS ?"
-        updated = 0
-        with self.transaction():
-            now = utc_now()
-            conn = self._db.conn
-            for columns, rows in groups.items():
-                if "status" in columns:
-                    conn.executemany(
-                        f"{_EVENT_FROM_ROW} ?, case_id, 'beam', number, 'status', status, ?, ? FROM beams "
-                        f"{where} AND status IS NOT ?",
-                        [(now, c["status"], c.get("reason"), *guard, c["status"]) for guard, c in rows],
-                    )
-                sets = ", ".join(f"{column} = ?" for column in (*columns, "updated_at"))
-                cursor = conn.executemany(
-                    f"UPDATE beams SET {sets} {where}", [(*c.values(), now, *guard) for guard, c in rows]
-                )
-                updated += cursor.rowcount
-        return updated
+        return self._bulk_update("beams", "beam", "number", "status", where, rows)
 
     # -- jobs
 
@@ -876,11 +862,7 @@ class Store:
 
     def jobs_by_case(self, case_ids: Iterable[str]) -> dict[str, list[Job]]:
         """The jobs of these cases in one query, each case's in submission order."""
-        sql = f"SELECT * FROM jobs WHERE case_id IN {_ANY_OF} ORDER BY submitted_at, rowid"
-        found: dict[str, list[Job]] = {}
-        for job in self._records(Job, sql, [_json_list(case_ids)]):
-            found.setdefault(job.case_id, []).append(job)
-        return found
+        return self._by_case(Job, "jobs", "ORDER BY submitted_at, rowid", case_ids)
 
     def add_jobs(self, case_id: str, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
         """Record submitted jobs, each ``{job_id, step, array_indices?, state?, generation?}``.
@@ -966,27 +948,41 @@ class Store:
         again next cycle. One statement per shape of change, an event for each changed
         state, no row read back. Returns the number of jobs updated.
         """
-        groups: dict[tuple[str, ...], list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+        rows = []
         for job, given in updates:
             _check_fields(given, _JOB_FIELDS, "job")
-            changes = _normalise(dict(given))
-            guard = (job.job_id, job.case_id, job.state, int(job.finished))
-            groups.setdefault(tuple(changes), []).append((guard, changes))
+            rows.append(((job.job_id, job.case_id, job.state, int(job.finished)), _normalise(dict(given))))
         where = "WHERE job_id = ? AND case_id = ? AND state IS ? AND finished = ?"
+        return self._bulk_update("jobs", "job", "job_id", "state", where, rows)
+
+    def _bulk_update(
+        self,
+        table: str,
+        entity: str,
+        key: str,
+        tracked: str,
+        where: str,
+        rows: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> int:
+        """Each ``(guard values for where, changes)``: one UPDATE per shape of change, and
+        an event, taken from the row itself, for each change of the ``tracked`` column."""
+        groups: dict[tuple[str, ...], list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+        for guard, changes in rows:
+            groups.setdefault(tuple(changes), []).append((guard, changes))
         updated = 0
         with self.transaction():
             now = utc_now()
             conn = self._db.conn
-            for columns, rows in groups.items():
-                if "state" in columns:
+            for columns, group in groups.items():
+                if tracked in columns:
                     conn.executemany(
-                        f"{_EVENT_FROM_ROW} ?, case_id, 'job', job_id, 'state', state, ?, ? FROM jobs "
-                        f"{where} AND state IS NOT ?",
-                        [(now, c["state"], c.get("reason"), *guard, c["state"]) for guard, c in rows],
+                        f"{_EVENT_FROM_ROW} ?, case_id, '{entity}', {key}, '{tracked}', {tracked}, ?, ? "
+                        f"FROM {table} {where} AND {tracked} IS NOT ?",
+                        [(now, c[tracked], c.get("reason"), *guard, c[tracked]) for guard, c in group],
                     )
                 sets = ", ".join(f"{column} = ?" for column in (*columns, "updated_at"))
                 cursor = conn.executemany(
-                    f"UPDATE jobs SET {sets} {where}", [(*c.values(), now, *guard) for guard, c in rows]
+                    f"UPDATE {table} SET {sets} {where}", [(*c.values(), now, *guard) for guard, c in group]
                 )
                 updated += cursor.rowcount
         return updated
