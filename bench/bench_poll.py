@@ -28,12 +28,10 @@ scancelled at the end.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +42,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from devcluster import cluster_env, ssh_cluster
+
 from mqi import slurm
 from mqi.config import Config, parse_config
 from mqi.errors import TransportError
@@ -51,7 +51,6 @@ from mqi.poll import Poller, PollReport, merge_records, query_command
 from mqi.store import Job, Store, parse_utc
 from mqi.transport import CommandResult, LocalTransport, SSHTransport, TransferStats, Transport
 
-ROOT = Path(__file__).resolve().parents[1]
 CASES = 434  # x 3 jobs = 1,302 tracked jobs; 1,002 once 300 have finished
 BEAMS = 2  # simulate array tasks per case
 SHORT_CHAINS = 100  # cases whose prepare and simulate run and complete
@@ -62,53 +61,14 @@ TARGET_COMMANDS = 3
 WAIT_SECONDS = 360
 SLURM_TOOLS = re.compile(r"\b(sacct|squeue|sbatch|scancel|scontrol|sinfo)\b")
 SECTION = "@@mqi-section@@"
-CLUSTER_VARS = (
-    "MQI_TEST_SSH_HOST",
-    "MQI_TEST_SSH_PORT",
-    "MQI_TEST_SSH_USER",
-    "MQI_TEST_SSH_KEY",
-    "MQI_TEST_KNOWN_HOSTS",
-    "MQI_TEST_REMOTE_DIR",
-    "MQI_TEST_PARTITION",
-)
-
-
-def cluster_env() -> dict[str, str]:
-    """MQI_TEST_* variables: from the environment, else from scripts/dev-cluster.sh env."""
-    if all(os.environ.get(name) for name in CLUSTER_VARS):
-        return {k: v for k, v in os.environ.items() if k.startswith("MQI_")}
-    script = ROOT / "scripts" / "dev-cluster.sh"
-    try:
-        text = subprocess.run([str(script), "env"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        raise SystemExit(
-            f"cannot read the dev cluster's settings ({error}): scripts/dev-cluster.sh start"
-        ) from None
-    env = {}
-    for line in text.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, _, value = line[len("export ") :].partition("=")
-            env[key] = value
-    missing = [name for name in CLUSTER_VARS if not env.get(name)]
-    if missing:
-        raise SystemExit(f"dev-cluster.sh env lacks {missing}: scripts/dev-cluster.sh start")
-    return env
 
 
 def make_config(env: dict[str, str], kind: str, tmp: Path) -> Config:
-    cluster: dict[str, Any] = {"transport": kind, "retry_seconds": 0}
     if kind == "ssh":
-        cluster |= {
-            "host": env["MQI_TEST_SSH_HOST"],
-            "port": int(env["MQI_TEST_SSH_PORT"]),
-            "user": env["MQI_TEST_SSH_USER"],
-            "key_file": env["MQI_TEST_SSH_KEY"],
-            "known_hosts": env["MQI_TEST_KNOWN_HOSTS"],
-            "ssh_config": None,
-            "remote_dir": env["MQI_TEST_REMOTE_DIR"],
-        }
+        cluster = ssh_cluster(env, env["MQI_TEST_REMOTE_DIR"])
     else:
-        cluster["remote_dir"] = env.get("MQI_TEST_LOCAL_DIR", "/tmp")
+        local_dir = env.get("MQI_TEST_LOCAL_DIR", "/tmp")
+        cluster = {"transport": "local", "retry_seconds": 0, "remote_dir": local_dir}
     data = {
         "state_dir": str(tmp / kind / "state"),
         "results_dir": str(tmp / kind / "results"),

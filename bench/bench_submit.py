@@ -34,7 +34,6 @@ import shlex
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ from typing import Any
 import fabric
 import paramiko
 import pydicom
+from devcluster import cluster_env, ssh_cluster
 
 from mqi.config import Config, parse_config
 from mqi.errors import MqiError, OperationalError
@@ -61,40 +61,9 @@ ROOT = Path(__file__).resolve().parents[1]
 APTG = ROOT.parent / "shared" / "data" / "aptg-plan03"
 REPS = 5
 TARGET_RATIO = 1.5
-CLUSTER_VARS = (
-    "MQI_TEST_SSH_HOST",
-    "MQI_TEST_SSH_PORT",
-    "MQI_TEST_SSH_USER",
-    "MQI_TEST_SSH_KEY",
-    "MQI_TEST_KNOWN_HOSTS",
-    "MQI_TEST_REMOTE_DIR",
-    "MQI_TEST_PARTITION",
-)
 
 
 # -- the dev cluster ----------------------------------------------------------------
-
-
-def cluster_env() -> dict[str, str]:
-    """MQI_TEST_* variables: from the environment, else from scripts/dev-cluster.sh env."""
-    if all(os.environ.get(name) for name in CLUSTER_VARS):
-        return {k: v for k, v in os.environ.items() if k.startswith("MQI_")}
-    script = ROOT / "scripts" / "dev-cluster.sh"
-    try:
-        text = subprocess.run([str(script), "env"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        raise SystemExit(
-            f"cannot read the dev cluster's settings ({error}): scripts/dev-cluster.sh start"
-        ) from None
-    env = {}
-    for line in text.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, _, value = line[len("export ") :].partition("=")
-            env[key] = value
-    missing = [name for name in CLUSTER_VARS if not env.get(name)]
-    if missing:
-        raise SystemExit(f"dev-cluster.sh env lacks {missing}: scripts/dev-cluster.sh start")
-    return env
 
 
 def make_config(env: dict[str, str], state_dir: Path, remote_dir: str) -> Config:
@@ -102,18 +71,7 @@ def make_config(env: dict[str, str], state_dir: Path, remote_dir: str) -> Config
         "watch_dir": str(state_dir.parent / "incoming"),
         "results_dir": str(state_dir.parent / "results"),
         "state_dir": str(state_dir),
-        "cluster": {
-            "transport": "ssh",
-            "host": env["MQI_TEST_SSH_HOST"],
-            "port": int(env["MQI_TEST_SSH_PORT"]),
-            "user": env["MQI_TEST_SSH_USER"],
-            "key_file": env["MQI_TEST_SSH_KEY"],
-            "known_hosts": env["MQI_TEST_KNOWN_HOSTS"],
-            "ssh_config": None,
-            "remote_dir": remote_dir,
-            "python": env.get("MQI_TEST_REMOTE_PYTHON", "python3"),
-            "retry_seconds": 0,
-        },
+        "cluster": ssh_cluster(env, remote_dir) | {"python": env.get("MQI_TEST_REMOTE_PYTHON", "python3")},
         "slurm": {
             "partition": env["MQI_TEST_PARTITION"],
             "time_limit": "00:10:00",
