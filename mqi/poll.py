@@ -9,22 +9,20 @@ seconds), sacct knows finished ones. A job neither knows is lost only after
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from mqi import slurm
-from mqi.bundle import RESULTS_DIR, SUMMARY_NAME, sha256_file
+from mqi.bundle import RESULTS_DIR, SUMMARY_NAME
 from mqi.config import Config
 from mqi.errors import MqiError, OperationalError, TransportError
 from mqi.locks import file_lock
+from mqi.results import deliver_results
 from mqi.slurm import JobRecord, Phase
 from mqi.store import (
     ACTIVE_CASE_STATUSES,
@@ -502,33 +500,6 @@ def _mirror_tasks(
         if record.exit_code is not None:
             fields["exit_code"] = record.exit_code
         changes.beam(beam, fields)
-
-
-def deliver_results(
-    transport: Transport, remote_results: str, results_root: Path, case_id: str, summary: dict[str, Any]
-) -> Path:
-    """Download a case's results through a temporary folder, verify every sha256, rename into place."""
-    results_root.mkdir(parents=True, exist_ok=True)
-    target = results_root / case_id
-    staging = results_root / f".{case_id}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    files: dict[str, str] = summary.get("files", {})
-    transport.get_files(remote_results, staging, sorted(files))
-    for name, digest in files.items():
-        if sha256_file(staging / name) != digest:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise OperationalError(
-                f"{name} of {case_id} arrived damaged (sha256 mismatch); retrying next cycle"
-            )
-    (staging / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
-    if target.exists():
-        old = results_root / f".{case_id}.old-{os.getpid()}"
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(target)
-    return target
 
 
 def _beam_errors(summary: dict[str, Any]) -> str:

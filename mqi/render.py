@@ -22,8 +22,8 @@ filter ``sh`` (shell quoting). Jinja comments are ``{## ... ##}`` so that bash's
 POSIX sh splits them (quotes respected), never expanded (no ``$VAR``, ``~`` or globs;
 set the environment in ``slurm.prologue``).
 
-The helpers named ``sbatch_*`` below are the only Python here that knows sbatch syntax
-(job names and comments come from :mod:`mqi.slurm`).
+The ``#SBATCH`` lines and submit.sh's sbatch command lines come from :mod:`mqi.slurm`
+(``sbatch_directives``, ``sbatch_submit_lines``), the one module that knows Slurm syntax.
 """
 
 from __future__ import annotations
