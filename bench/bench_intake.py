@@ -21,7 +21,7 @@ from pathlib import Path
 import pydicom
 
 from mqi.intake import IntakeOptions, read_case
-from mqi.synthetic import build_case
+from mqi.testing.synthetic import build_case
 
 BEAMS = 4
 LAYERS = 25

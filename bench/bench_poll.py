@@ -45,9 +45,11 @@ from typing import Any
 from devcluster import cluster_env, ssh_cluster
 
 from mqi import slurm
+from mqi.clock import now_utc
 from mqi.config import Config, parse_config
 from mqi.errors import TransportError
-from mqi.poll import Poller, PollReport, merge_records, query_command
+from mqi.poll import Poller, PollReport
+from mqi.slurm.backend import read_query_answer
 from mqi.store import Job, Store, parse_utc
 from mqi.transport import CommandResult, LocalTransport, SSHTransport, TransferStats, Transport
 
@@ -60,7 +62,6 @@ TARGET_RATIO = 1.5
 TARGET_COMMANDS = 3
 WAIT_SECONDS = 360
 SLURM_TOOLS = re.compile(r"\b(sacct|squeue|sbatch|scancel|scontrol|sinfo)\b")
-SECTION = "@@mqi-section@@"
 
 
 def make_config(env: dict[str, str], kind: str, tmp: Path) -> Config:
@@ -367,13 +368,12 @@ def one_rep(config: Config, transport: CountingTransport, db: Path) -> Rep:
     floor = transport.inner.run(floor_command([j.job_id for j in active], since), timeout=120)
     floor_s = time.perf_counter() - start
     # the poller's own remote command alone, and its parsing
-    command, _ = query_command([j.job_id for j in active], since)
+    command, _ = slurm.poll_query_command([j.job_id for j in active], parse_utc(since))
     start = time.perf_counter()
     answer = transport.inner.run(command, timeout=120)
     query_s = time.perf_counter() - start
     start = time.perf_counter()
-    sacct_text, _, squeue_text = answer.stdout.partition(SECTION + "\n")
-    records = merge_records(slurm.parse_sacct(sacct_text), slurm.parse_squeue(squeue_text))
+    records = read_query_answer(answer, 0).records or {}
     parse_s = time.perf_counter() - start
     match_s = time_matching(active, records, snapshot_uids(db))
     # the cycles
@@ -385,12 +385,11 @@ def one_rep(config: Config, transport: CountingTransport, db: Path) -> Rep:
         start = time.perf_counter()
         floor2 = transport.inner.run(floor_command([j.job_id for j in remaining], since2), timeout=120)
         steady_floor_s = time.perf_counter() - start
-        command2, _ = query_command([j.job_id for j in remaining], since2)
+        command2, _ = slurm.poll_query_command([j.job_id for j in remaining], parse_utc(since2))
         start = time.perf_counter()
         answer2 = transport.inner.run(command2, timeout=120)
         steady_query_s = time.perf_counter() - start
-        sacct_text, _, squeue_text = answer2.stdout.partition(SECTION + "\n")
-        records2 = merge_records(slurm.parse_sacct(sacct_text), slurm.parse_squeue(squeue_text))
+        records2 = read_query_answer(answer2, 0).records or {}
         uids = {case.case_id: case.case_uid for case in store.list_cases()}
         steady_match_s = time_matching(remaining, records2, uids)
         transport.commands.clear()
@@ -536,7 +535,7 @@ def main() -> int:
                 f"submitted {CASES} chains per transport ({CASES * 3} jobs, "
                 f"{CASES * (2 + BEAMS)} Slurm records) in {time.perf_counter() - start:.1f} s"
             )
-            since = (slurm.utc_now() - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S")
+            since = (now_utc() - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S")
             results = {}
             for kind in kinds:
                 config = make_config(env, kind, tmp)

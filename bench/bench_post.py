@@ -35,7 +35,7 @@ from mqi.bundle import (  # noqa: E402
     ManifestGrid,
     write_manifest,
 )
-from mqi.synthetic import build_case  # noqa: E402
+from mqi.testing.synthetic import build_case  # noqa: E402
 
 POST_CHILD = textwrap.dedent(
     """

@@ -19,7 +19,7 @@ from mqi.config import parse_config
 from mqi.intake import IntakeOptions, read_case
 from mqi.intake.model import Case
 from mqi.render import render_bundle
-from mqi.synthetic import build_case
+from mqi.testing.synthetic import build_case
 
 APTG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aptg-plan03"
 LARGE = {"beams": 4, "layers": 25, "spots_per_layer": 500, "ct_shape": (512, 512, 300)}

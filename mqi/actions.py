@@ -1,44 +1,71 @@
-"""Day-to-day operations on submitted cases: cancel, retry failed beams, logs, queue, top."""
+"""Day-to-day operations on recorded cases: status, cancel, retry failed beams, logs, queue, top."""
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from typing import Any
 
 from mqi import slurm
+from mqi.chain import mark_cancelled, record_chain, submit_chain
 from mqi.config import Config
 from mqi.errors import OperationalError, UsageError
-from mqi.poll import Poller
-from mqi.store import TERMINAL_BEAM_STATUSES, Store
-from mqi.submit import run_submit_script
-from mqi.transport import Transport
+from mqi.slurm.backend import SlurmBackend
+from mqi.store import Case, Store
+from mqi.transport import RemoteFiles
 
 RETRYABLE_CASE_STATUSES = frozenset({"failed", "cancelled"})
 
 
-def cancel_case(store: Store, transport: Transport, case_id: str) -> list[str]:
+def case_status(store: Store, case: Case) -> dict[str, Any]:
+    """The `mqi status --json` shape of one case (keys may be added, never renamed)."""
+    return {
+        "case_id": case.case_id,
+        "case_uid": case.case_uid,
+        "status": case.status,
+        "error": case.error,
+        "errors": case.errors,
+        "results_dir": case.results_dir,
+        "priority": case.priority,
+        "created_at": case.created_at,
+        "submitted_at": case.submitted_at,
+        "finished_at": case.finished_at,
+        "beams": [
+            {
+                "number": beam.number,
+                "name": beam.name,
+                "status": beam.status,
+                "slurm_state": beam.slurm_state,
+                "job_id": beam.job_id,
+                "exit_code": beam.exit_code,
+                "reason": beam.reason,
+                "node": beam.node,
+                "dose_file": beam.dose_file,
+                "started_at": beam.started_at,
+                "ended_at": beam.ended_at,
+            }
+            for beam in store.list_beams(case.case_id)
+        ],
+        "jobs": [job.to_dict() for job in store.list_jobs(case.case_id)],
+    }
+
+
+def cancel_case(store: Store, backend: SlurmBackend, case_id: str) -> list[str]:
     """scancel every unfinished job of the case; the case and its open beams become cancelled."""
     case = store.require_case(case_id)
     if case.status in ("completed", "rejected"):
         raise UsageError(f"case {case_id} is {case.status}; there is nothing to cancel")
     live = [job.job_id for job in store.list_jobs(case_id) if not job.finished]
     if live:
-        result = transport.run(slurm.scancel_command(live), timeout=60)
-        if not result.ok:
-            raise OperationalError(f"scancel failed for {case_id}: {result.first_error_line()}")
-    with store.transaction():
-        for job_id in live:
-            store.update_job(job_id, state="CANCELLED", finished=True, reason="mqi cancel")
-        for beam in store.list_beams(case_id):
-            if beam.status not in TERMINAL_BEAM_STATUSES:
-                store.update_beam(case_id, beam.number, status="cancelled", reason="mqi cancel")
-        store.update_case(case_id, status="cancelled", reason="mqi cancel")
+        try:
+            backend.cancel(live)
+        except OperationalError as error:
+            raise OperationalError(f"scancel failed for {case_id}: {error}") from None
+    mark_cancelled(store, case_id, reason="mqi cancel", beam_reason="mqi cancel", job_ids=live)
     return live
 
 
 def retry_case(
-    config: Config, store: Store, transport: Transport, case_id: str, beams: list[int] | None = None
+    config: Config, store: Store, backend: SlurmBackend, case_id: str, beams: list[int] | None = None
 ) -> dict[str, str | None]:
     """Resubmit only the failed (or the named) beams and a new post job; results merge."""
     case = store.require_case(case_id)
@@ -57,14 +84,13 @@ def retry_case(
     if not chosen:
         raise UsageError(f"case {case_id} has no failed beam to retry; name one with --beam")
     indices = sorted(beam.array_index for beam in chosen)
-    ids = run_submit_script(transport, case.remote_dir, only_indices=indices)
-    Poller(config, store, transport)._record_generation(
-        case_id, ids, indices, reason=f"mqi retry of beam(s) {', '.join(str(b.number) for b in chosen)}"
-    )
+    ids = submit_chain(backend, case.remote_dir, only_indices=indices)
+    reason = f"mqi retry of beam(s) {', '.join(str(b.number) for b in chosen)}"
+    record_chain(store, case_id, ids, reason=reason, indices=indices)
     return ids
 
 
-def top_case(store: Store, transport: Transport, case_id: str) -> list[str]:
+def top_case(store: Store, backend: SlurmBackend, case_id: str) -> list[str]:
     """Move a queued case ahead of this user's other pending jobs (scontrol top)."""
     live = [
         job.job_id
@@ -73,14 +99,12 @@ def top_case(store: Store, transport: Transport, case_id: str) -> list[str]:
     ]
     if not live:
         raise UsageError(f"case {case_id} has no pending job to move up (`mqi poll` refreshes states)")
-    result = transport.run(slurm.scontrol_top_command(live), timeout=60)
-    if not result.ok:
-        raise OperationalError(f"scontrol top refused: {result.first_error_line()}")
+    backend.top(live)
     return live
 
 
 def read_log(
-    store: Store, transport: Transport, case_id: str, *, beam: int | None = None, step: str | None = None
+    store: Store, files: RemoteFiles, case_id: str, *, beam: int | None = None, step: str | None = None
 ) -> str:
     """The Slurm output of a case's step (simulate: one beam's task) from the cluster."""
     case = store.require_case(case_id)
@@ -92,29 +116,24 @@ def read_log(
     jobs = [job for job in store.list_jobs(case_id) if job.step == step]
     if not jobs:
         raise UsageError(f"case {case_id} has no {step} job")
-    job = jobs[-1]
-    name = slurm.job_name(case.case_uid, step)
-    logs = f"{case.remote_dir}/logs"
     if step == "simulate":
         if beam is None:
             raise UsageError("give --beam N for the simulation log")
         record = store.get_beam(case_id, beam)
         if record is None or not record.job_id:
             raise UsageError(f"case {case_id} has no beam {beam}")
-        index = record.job_id.rpartition("_")[2]
-        pattern = f"{logs}/{name}-*_{index}.out"
         engine = f"{case.remote_dir}/beams/{beam}"
-        command = (
-            f"ls -t {pattern} 2>/dev/null | head -n1 | xargs -r cat; "
-            f"for f in {shlex.quote(engine)}/engine.out {shlex.quote(engine)}/engine.err; do "
-            '[ -f "$f" ] && { echo "== $f (last 50 lines)"; tail -n 50 "$f"; }; done'
+        folder, _, pattern = slurm.task_log_glob(case.case_uid, record.array_index).rpartition("/")
+        text = files.newest_and_tails(
+            f"{case.remote_dir}/{folder}", pattern, [f"{engine}/engine.out", f"{engine}/engine.err"]
         )
     else:
-        command = f"cat {shlex.quote(f'{logs}/{name}-{job.job_id}.out')}"
-    result = transport.run(command, timeout=60)
-    if not result.ok or not result.stdout.strip():
+        text = (
+            files.read_text(f"{case.remote_dir}/{slurm.log_file(step, case.case_uid, jobs[-1].job_id)}") or ""
+        )
+    if not text.strip():
         raise OperationalError(f"no {step} log for {case_id} yet (the job may not have started)")
-    return result.stdout
+    return text
 
 
 @dataclass(frozen=True)
@@ -132,14 +151,11 @@ class QueueRow:
         return self.__dict__.copy()
 
 
-def live_queue(store: Store, transport: Transport) -> list[QueueRow]:
+def live_queue(store: Store, backend: SlurmBackend) -> list[QueueRow]:
     """This tool's jobs in squeue (one query), with the local case ids."""
-    result = transport.run(slurm.squeue_command(), timeout=60)
-    if not result.ok:
-        raise OperationalError(f"squeue failed: {result.first_error_line()}")
     by_uid = {case.case_uid: case.case_id for case in store.list_cases()}
     rows = []
-    for record in slurm.parse_squeue(result.stdout):
+    for record in backend.live_jobs():
         parsed = slurm.parse_job_name(record.name)
         if parsed is None:
             continue

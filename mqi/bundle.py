@@ -100,3 +100,59 @@ def read_manifest(bundle_dir: Path) -> Manifest:
 def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
     text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
     (bundle_dir / MANIFEST_NAME).write_text(text, encoding="utf-8")
+
+
+SUMMARY_FORMAT = 1
+
+
+class SummaryBeam(BaseModel):
+    """One beam's line of ``results/summary.json``."""
+
+    number: int
+    name: str = ""
+    status: Literal["completed", "failed"]
+    reason: str | None = None
+    exit_code: int | None = None
+    engine_ms: float | None = None
+    max_dose_gy: float | None = None
+    mean_dose_gy: float | None = None
+    file: str | None = Field(default=None, description="The beam's RT Dose under results/.")
+    sha256: str | None = None
+
+
+class Summary(BaseModel):
+    """``results/summary.json``: what the post job found, written last by the post job and
+    read by the poller before it downloads anything. Keys may be added, never renamed."""
+
+    format: int = SUMMARY_FORMAT
+    case_uid: str
+    plan_status: Literal["completed", "failed"]
+    plan_file: str | None = None
+    dose_type: str | None = None
+    tps_doses: list[str] = Field(default_factory=list)
+    beams: list[SummaryBeam] = Field(default_factory=list)
+    files: dict[str, str] = Field(default_factory=dict, description="sha256 of each result file, by name.")
+
+    def failed_beams(self) -> list[SummaryBeam]:
+        return [beam for beam in self.beams if beam.status != "completed"]
+
+    def failure_text(self) -> str:
+        """Every failed beam's reason, for a physicist: ``beam 2: exit code 134; ...``."""
+        parts = [f"beam {b.number}: {b.reason or 'failed'}" for b in self.failed_beams()]
+        return "; ".join(parts) or "the plan sum was not written"
+
+
+class SummaryError(ValueError):
+    """summary.json cannot be read as a summary."""
+
+
+def parse_summary(text: str) -> Summary:
+    try:
+        return Summary.model_validate_json(text)
+    except ValueError as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SummaryError(f"summary.json is unreadable ({first})") from None
+
+
+def summary_json(summary: Summary) -> str:
+    return json.dumps(summary.model_dump(mode="json"), indent=2) + "\n"

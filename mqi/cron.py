@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from mqi.config import Config
 from mqi.errors import OperationalError
+from mqi.shell import quote
 
 MARKER = "# mqi: scan + poll (managed by `mqi cron`)"
 
@@ -18,9 +18,9 @@ def cron_line(config: Config, every_minutes: int = 1) -> str:
     """The crontab entry: scan then poll with this config, output appended to a log."""
     if config.source is None:
         raise OperationalError("cron needs a config file: pass --config FILE")
-    mqi = shlex.quote(str(Path(sys.executable).with_name("mqi")))
-    cfg = shlex.quote(str(config.source))
-    log = shlex.quote(str(config.state_dir / "cron.log"))
+    mqi = quote(str(Path(sys.executable).with_name("mqi")))
+    cfg = quote(str(config.source))
+    log = quote(str(config.state_dir / "cron.log"))
     schedule = "*" if every_minutes == 1 else f"*/{every_minutes}"
     return (
         f"{schedule} * * * * {mqi} scan --quiet --config {cfg} >> {log} 2>&1; "

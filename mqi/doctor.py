@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from mqi import slurm
 from mqi.config import Config
 from mqi.errors import MqiError
-from mqi.shell import join_words, split_words
+from mqi.shell import join_words, quote, split_words
 from mqi.transport import Transport
 
 
@@ -21,7 +20,10 @@ class Check:
 
 
 def _first_word(command: str) -> str:
-    words = shlex.split(command)
+    try:
+        words = split_words(command)
+    except ValueError:
+        return ""
     return words[0] if words else ""
 
 
@@ -50,7 +52,7 @@ def run_checks(config: Config, transport: Transport) -> list[Check]:
         else:
             checks.append(Check(name, False, f"{result.first_error_line()} — {fix}"))
 
-    workspace = shlex.quote(config.cluster.remote_dir)
+    workspace = quote(config.cluster.remote_dir)
     remote(
         "remote workspace",
         f'mkdir -p {workspace} && probe=$(mktemp {workspace}/.mqi-doctor.XXXXXX) && rm -f "$probe"',
@@ -81,7 +83,7 @@ def run_checks(config: Config, transport: Transport) -> list[Check]:
     prologue = "".join(f"{line}; " for line in config.slurm.prologue)
     remote(
         "simulator command",
-        f"{prologue}command -v {shlex.quote(engine)}",
+        f"{prologue}command -v {quote(engine)}",
         lambda out: out,
         "set moqui.command to the engine's path on the cluster",
     )

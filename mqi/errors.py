@@ -35,3 +35,10 @@ class TransportError(OperationalError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+def one_line(error: BaseException) -> str:
+    """An error as the one line a person sees: mqi's own text, else the exception's type and text."""
+    if isinstance(error, MqiError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

@@ -8,36 +8,26 @@ seconds), sacct knows finished ones. A job neither knows is lost only after
 
 from __future__ import annotations
 
-import json
-import shlex
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from mqi import slurm
-from mqi.bundle import RESULTS_DIR, SUMMARY_NAME
+from mqi.bundle import RESULTS_DIR, SUMMARY_NAME, Summary, SummaryError, parse_summary
+from mqi.chain import mark_cancelled, record_chain, submit_chain
+from mqi.clock import now_iso, now_utc, parse_utc
 from mqi.config import Config
-from mqi.errors import MqiError, OperationalError, TransportError
+from mqi.errors import OperationalError, one_line
 from mqi.locks import file_lock
 from mqi.results import deliver_results
 from mqi.slurm import JobRecord, Phase
-from mqi.store import (
-    ACTIVE_CASE_STATUSES,
-    TERMINAL_BEAM_STATUSES,
-    Beam,
-    Case,
-    Job,
-    Store,
-    parse_utc,
-    utc_now,
-)
-from mqi.submit import is_transient_slurm_error, run_submit_script
-from mqi.transport import CommandResult, Transport
+from mqi.slurm.backend import CliBackend, QueryAnswer, SlurmBackend
+from mqi.store import ACTIVE_CASE_STATUSES, TERMINAL_BEAM_STATUSES, Beam, Case, Job, Store
+from mqi.transport import RemoteFiles, Transport
 
-_SECTION = "@@mqi-section@@"
 MAX_AUTOMATIC_RESUBMITS = 1
 _T = TypeVar("_T")
 
@@ -52,54 +42,14 @@ class PollReport:
     failed: list[str] = field(default_factory=list)
     active_cases: int = 0
     errors: list[str] = field(default_factory=list)
+    """Slurm or the cluster did not answer: the cycle failed (exit 1)."""
+    case_errors: list[str] = field(default_factory=list)
+    """One case could not be settled this cycle; recorded on the case, retried next cycle."""
+    warnings: list[str] = field(default_factory=list)
+    accounting_down: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
-
-
-def query_command(job_ids: Iterable[str], since_iso: str) -> tuple[str, int]:
-    """One remote command: sacct chunks, a separator, squeue. Returns it and its Slurm command count.
-
-    Everything runs side by side on the login node: squeue and any further sacct chunks in
-    the background into a temporary folder, the first sacct chunk in the foreground.
-    Outputs come back in order; error messages go to stderr. The exit code is non-zero
-    when any of them failed, so that a silent failure is never read as "these jobs are gone".
-    """
-    first, *rest = slurm.sacct_commands(job_ids, parse_utc(since_iso))
-    background = [f'{{ {slurm.squeue_command()} > "$t/q"; echo $? > "$t/rq"; }} &']
-    background += [f'{{ {sacct} > "$t/a{n}"; echo $? > "$t/r{n}"; }} &' for n, sacct in enumerate(rest)]
-    # A missing or empty status file (a killed subshell, a full disk) counts as a failure.
-    collect = [f'cat "$t/a{n}"; x=1; read x < "$t/r{n}"; [ "$x" = 0 ] || rc=1' for n in range(len(rest))]
-    foreground = [
-        f"{first}; rc=$?",
-        "wait",
-        *collect,
-        f"echo {_SECTION}",
-        'cat "$t/q"; x=1; read x < "$t/rq"; [ "$x" = 0 ] || rc=1',
-        'rm -rf "$t"; exit $rc',
-    ]
-    command = "t=$(mktemp -d) || exit 1; " + " ".join(background) + " " + "; ".join(foreground)
-    return command, 2 + len(rest)
-
-
-def merge_records(sacct: list[JobRecord], squeue: list[JobRecord]) -> dict[str, JobRecord]:
-    """By job id (``123`` or ``123_4``): squeue for live jobs, else sacct's latest.
-
-    squeue is the authority on what is alive: a job sacct still calls pending or running
-    but squeue does not know is a stale accounting record (slurmctld lost it) and is
-    left out, so that it can be found lost.
-    """
-    terminal = slurm.TERMINAL_STATES
-    live_parents = {record.job_id.partition("_")[0] for record in squeue}
-    merged = {
-        job_id: record
-        for job_id, record in slurm.latest_by_job(sacct).items()
-        if record.state in terminal or job_id.partition("_")[0] in live_parents
-    }
-    for record in squeue:
-        if record.state not in terminal or record.job_id not in merged:
-            merged[record.job_id] = record
-    return merged
 
 
 class Poller:
@@ -114,6 +64,8 @@ class Poller:
         self.config = config
         self.store = store
         self.transport = transport
+        self.backend: SlurmBackend = CliBackend(transport)
+        self.files = RemoteFiles(transport)
         self.log = log
 
     # -- one cycle ----------------------------------------------------------------------
@@ -129,17 +81,17 @@ class Poller:
         tracked = self.store.active_job_ids()
         report.jobs_tracked = len(tracked)
         if tracked:
-            since = min(submitted or utc_now() for submitted in tracked.values())
-            command, count = query_command(tracked, since)
-            report.slurm_commands += count
-            asked = _Background(lambda: self.transport.run(command, timeout=120))
+            since = parse_utc(min(submitted or now_iso() for submitted in tracked.values()))
+            asked = _Background(lambda: self.backend.query(tracked, since))
             # Read while Slurm answers; only the jobs asked about (another process may
             # have recorded more meanwhile: the next cycle asks about those).
             jobs = [job for job in self.store.active_jobs() if job.job_id in tracked]
             known = self._known(jobs)
-            records = self._answer(asked, report)
-            if records is not None:
-                touched = self._mirror(jobs, known, records, report)
+            answer = asked.result()
+            report.slurm_commands += answer.commands
+            if self._usable(answer, report):
+                assert answer.records is not None
+                touched = self._mirror(jobs, known, answer, report)
         waiting_on_slurm = {job.case_id for job in jobs}
         # A case changes only when one of its jobs did, or when nothing in Slurm is left
         # and its results still have to come home (a failed download is retried here).
@@ -152,6 +104,18 @@ class Poller:
         report.active_cases = len(self.store.case_ids(sorted(ACTIVE_CASE_STATUSES)))
         return report
 
+    def _usable(self, answer: QueryAnswer, report: PollReport) -> bool:
+        """Whether Slurm answered; the cycle fails (states unchanged) when it did not."""
+        if answer.records is None:
+            report.errors.append(answer.error or "Slurm did not answer")
+            self.log(f"{answer.error}; states unchanged")
+            return False
+        if answer.accounting_down:
+            report.accounting_down = True
+            report.warnings += answer.warnings
+            self.log(f"{answer.warnings[0]}: mirroring squeue only; finished jobs are read once it is back")
+        return True
+
     def _known(self, jobs: list[Job]) -> _Known:
         """What the store knows besides the jobs: each job's expected name, each array's beams."""
         uids = self.store.case_uids(job.case_id for job in jobs)
@@ -161,34 +125,13 @@ class Poller:
             beams={(case_id, b.job_id): b for case_id, found in beams.items() for b in found if b.job_id},
         )
 
-    def _answer(self, asked: _Background[CommandResult], report: PollReport) -> dict[str, JobRecord] | None:
-        """Slurm's records by job id, or None when Slurm or the cluster did not answer."""
-        try:
-            result = asked.result()
-        except TransportError as error:
-            report.errors.append(str(error))
-            self.log(f"cluster unreachable, states unchanged: {error}")
-            return None
-        sacct_text, _, squeue_text = result.stdout.partition(_SECTION + "\n")
-        if is_transient_slurm_error(result.stdout + result.stderr) or not result.ok:
-            # While slurmctld is down nothing is known: never take that as "lost" or "failed".
-            report.errors.append(f"Slurm did not answer: {result.first_error_line()}")
-            self.log(f"Slurm did not answer, states unchanged: {result.first_error_line()}")
-            return None
-        try:
-            return merge_records(slurm.parse_sacct(sacct_text), slurm.parse_squeue(squeue_text))
-        except slurm.SlurmOutputError as error:
-            report.errors.append(str(error))
-            return None
-
-    def _mirror(
-        self, jobs: list[Job], known: _Known, records: dict[str, JobRecord], report: PollReport
-    ) -> set[str]:
+    def _mirror(self, jobs: list[Job], known: _Known, answer: QueryAnswer, report: PollReport) -> set[str]:
         """Slurm's answer into the store in one write transaction; the cases that changed."""
+        assert answer.records is not None
         by_parent: dict[str, list[JobRecord]] = {}
-        for job_id, record in records.items():
-            by_parent.setdefault(job_id.partition("_")[0], []).append(record)
-        changes = _Changes()
+        for job_id, record in answer.records.items():
+            by_parent.setdefault(slurm.parent_id(job_id), []).append(record)
+        changes = _Changes(accounting_down=answer.accounting_down)
         for job in jobs:
             # Ids are recycled after a controller loses its state: match names too.
             name = known.names[job.job_id]
@@ -206,7 +149,8 @@ class Poller:
         self, job: Job, own: list[JobRecord], beams: dict[tuple[str, str], Beam], changes: _Changes
     ) -> None:
         if not own:
-            self._maybe_lost(job, changes)
+            if not changes.accounting_down:  # squeue alone cannot tell finished from lost
+                self._maybe_lost(job, changes)
             return
         if job.step == "simulate":
             own = _as_tasks(own, job.array_indices)
@@ -233,7 +177,7 @@ class Poller:
             changes.job(job, fields)
 
     def _maybe_lost(self, job: Job, changes: _Changes) -> None:
-        age = slurm.utc_now() - parse_utc(job.submitted_at or utc_now())
+        age = now_utc() - parse_utc(job.submitted_at or now_iso())
         if age < timedelta(seconds=self.config.poll.lost_grace_seconds):
             return
         fields = {"state": "LOST", "finished": True, "reason": "unknown to squeue and sacct"}
@@ -241,7 +185,10 @@ class Poller:
         self.log(f"job {job.job_id} of {job.case_id} is unknown to Slurm: lost")
 
     def _dependency_never_satisfied(self, job: Job, report: PollReport) -> None:
-        self.transport.run(slurm.scancel_command([job.job_id]), timeout=60)
+        try:
+            self.backend.cancel([job.job_id])
+        except OperationalError as error:
+            self.log(f"{job.case_id}: could not cancel job {job.job_id} ({error}); it cannot run anyway")
         report.changes += 1
         self.store.update_job(job.job_id, state="CANCELLED", finished=True, reason="DependencyNeverSatisfied")
         self.store.update_case(
@@ -254,7 +201,8 @@ class Poller:
         """Each case's next step from its jobs and beams, read in three queries.
 
         Plain status changes are written first, together; then the cases that need work
-        (results to fetch, a lost chain to resubmit) get it, one by one.
+        (results to fetch, a lost chain to resubmit) get it, one by one. Whatever goes
+        wrong with one case is recorded on that case and never stops the others.
         """
         cases = self.store.cases_by_id(case_ids)
         jobs = self.store.jobs_by_case(case_ids)
@@ -279,9 +227,21 @@ class Poller:
         for case_id, action in actions:
             try:
                 action()
-            except MqiError as error:
-                report.errors.append(f"{case_id}: {error}")
-                self.log(f"{case_id}: {error} (will retry next cycle)")
+            except Exception as error:  # one case's trouble is that case's, never the cycle's
+                self._case_trouble(case_id, error, report)
+
+    def _case_trouble(self, case_id: str, error: Exception, report: PollReport) -> None:
+        """Record on the case why it could not be settled; it is tried again next cycle."""
+        what = one_line(error)
+        report.case_errors.append(f"{case_id}: {what}")
+        self.log(f"{case_id}: {what} (will retry next cycle)")
+        try:
+            case = self.store.get_case(case_id)
+            if case is not None and case.error != what:
+                self.store.update_case(case_id, error=what)
+                self.store.add_event(case_id, "case", case_id, "delivery", None, "retrying", what)
+        except Exception as store_error:  # the store itself failing is reported, not raised
+            self.log(f"{case_id}: could not record the error ({store_error})")
 
     def _next_step(
         self, case: Case, jobs: list[Job], beams: list[Beam], report: PollReport
@@ -293,9 +253,9 @@ class Poller:
             return lambda: self._resubmit_lost(case.case_id, current, report)
         post = current.get("post")
         if post is not None and post.finished and post.state != "LOST":
-            if post.state.startswith("CANCELLED"):
+            if post.state and post.state.startswith("CANCELLED"):
                 return lambda: self._mark_cancelled(case.case_id, report)
-            return lambda: self._deliver(case.case_id, post, report)
+            return lambda: self._deliver(case, post, report)
         if post is not None and post.state == "RUNNING":
             return "postprocessing"
         if any(b.status in ("running", "completed", "failed") for b in beams):
@@ -303,17 +263,16 @@ class Poller:
         return "submitted"
 
     def _mark_cancelled(self, case_id: str, report: PollReport) -> None:
-        for beam in self.store.list_beams(case_id):
-            if beam.status not in TERMINAL_BEAM_STATUSES:
-                self.store.update_beam(case_id, beam.number, status="cancelled", reason="cancelled in Slurm")
+        mark_cancelled(
+            self.store, case_id, reason="the post job was cancelled", beam_reason="cancelled in Slurm"
+        )
         report.changes += 1
-        self.store.update_case(case_id, status="cancelled", reason="the post job was cancelled")
 
     def _resubmit_lost(self, case_id: str, current: dict[str, Job], report: PollReport) -> None:
         case = self.store.require_case(case_id)
         live = [job.job_id for job in current.values() if not job.finished]
         if live:
-            self.transport.run(slurm.scancel_command(live), timeout=60)
+            self.backend.cancel(live)
             for job_id in live:
                 self.store.update_job(job_id, state="CANCELLED", finished=True, reason="rest of a lost chain")
         if case.attempts >= MAX_AUTOMATIC_RESUBMITS or not case.remote_dir:
@@ -329,92 +288,95 @@ class Poller:
         only = None
         if "prepare" not in current and simulate is not None and simulate.array_indices:
             only = slurm.parse_array_spec(simulate.array_indices)
-        ids = run_submit_script(self.transport, case.remote_dir, only_indices=only)
-        self._record_generation(case_id, ids, only, reason="resubmitted: its jobs were lost in Slurm")
+        ids = submit_chain(self.backend, case.remote_dir, only_indices=only)
+        record_chain(
+            self.store, case_id, ids, reason="resubmitted: its jobs were lost in Slurm", indices=only
+        )
         self.store.update_case(case_id, attempts=case.attempts + 1)
         report.resubmitted.append(case_id)
         report.changes += 1
         self.log(f"{case_id}: jobs lost in Slurm; resubmitted as {ids['simulate']}")
 
-    def _record_generation(
-        self, case_id: str, ids: dict[str, str | None], only: list[int] | None, reason: str
-    ) -> None:
-        """Store a new chain (after a loss or a retry) and point the affected beams at it."""
-        with self.store.transaction():
-            jobs = self.store.list_jobs(case_id)
-            generation = 1 + max((job.generation for job in jobs), default=0)
-            beams = self.store.list_beams(case_id)
-            indices = only if only is not None else [b.array_index for b in beams]
-            spec = ",".join(str(i) for i in indices)
-            new = [
-                {"job_id": job_id, "step": step, "generation": generation}
-                | ({"array_indices": spec} if step == "simulate" else {})
-                for step, job_id in ids.items()
-                if job_id
-            ]
-            self.store.add_jobs(case_id, new)
-            for beam in beams:
-                if beam.array_index in indices:
-                    self.store.update_beam(
-                        case_id,
-                        beam.number,
-                        status="pending",
-                        reason=reason,
-                        job_id=f"{ids['simulate']}_{beam.array_index}",
-                        slurm_state="PENDING",
-                        exit_code=None,
-                        node=None,
-                    )
-            self.store.update_case(case_id, status="submitted", reason=reason, error=None)
-
     # -- results --------------------------------------------------------------------------
-    def _deliver(self, case_id: str, post: Job, report: PollReport) -> None:
-        case = self.store.require_case(case_id)
+    def _deliver(self, case: Case, post: Job, report: PollReport) -> None:
+        """Bring a finished chain's results home and settle the case: completed when every
+        beam and the plan sum were written, failed (with each beam's reason) otherwise."""
+        case_id = case.case_id
         if not case.remote_dir:
+            self._fail(case_id, "the case has no folder on the cluster", "submit it again", report)
             return
         remote_results = f"{case.remote_dir}/{RESULTS_DIR}"
-        summary_text = self.transport.run(
-            f"cat {shlex.quote(remote_results + '/' + SUMMARY_NAME)}", timeout=60
-        )
-        if not summary_text.ok:
-            report.changes += 1
-            report.failed.append(case_id)
-            self.store.update_case(
-                case_id,
-                status="failed",
-                reason=f"post job {post.job_id} ended {post.state} without a summary",
-                error=f"post-processing failed: see `mqi logs {case_id} --step post`",
+        text = self.files.read_text(f"{remote_results}/{SUMMARY_NAME}")
+        if text is None:
+            if not self.files.exists(case.remote_dir):
+                self._fail(
+                    case_id,
+                    "its folder on the cluster was removed before delivery (a scratch purge?)",
+                    f"resubmit it: `mqi submit --force {case.source_dir}`",
+                    report,
+                )
+            else:
+                self._fail(
+                    case_id,
+                    f"post job {post.job_id} ended {post.state} without a summary",
+                    f"post-processing failed: see `mqi logs {case_id} --step post`",
+                    report,
+                )
+            return
+        try:
+            summary = parse_summary(text)
+        except SummaryError as error:
+            self._fail(
+                case_id, str(error), f"post-processing failed: see `mqi logs {case_id} --step post`", report
             )
             return
-        summary = json.loads(summary_text.stdout)
-        target = deliver_results(self.transport, remote_results, self.config.results_dir, case_id, summary)
+        delivery = deliver_results(self.transport, remote_results, self.config.results_dir, case_id, summary)
+        self._record_delivery(case_id, summary, delivery.target, delivery.missing, report)
+
+    def _record_delivery(
+        self, case_id: str, summary: Summary, target: Any, missing: list[str], report: PollReport
+    ) -> None:
+        completed = summary.plan_status == "completed" and not missing
         with self.store.transaction():
-            for beam in summary.get("beams", []):
-                if self.store.get_beam(case_id, int(beam["number"])) is None:
+            for beam in summary.beams:
+                if self.store.get_beam(case_id, beam.number) is None:
                     continue
+                lost = beam.file in missing if beam.file else False
                 self.store.update_beam(
                     case_id,
-                    int(beam["number"]),
-                    status="completed" if beam["status"] == "completed" else "failed",
-                    reason=beam.get("reason"),
-                    exit_code=beam.get("exit_code"),
-                    dose_file=str(target / beam["file"]) if beam.get("file") else None,
+                    beam.number,
+                    status="completed" if beam.status == "completed" and not lost else "failed",
+                    reason="its dose file was missing on the cluster" if lost else beam.reason,
+                    exit_code=beam.exit_code,
+                    dose_file=str(target / beam.file) if beam.file and not lost else None,
                 )
-            completed = summary.get("plan_status") == "completed"
-            failed = [str(b["number"]) for b in summary.get("beams", []) if b["status"] != "completed"]
+            if completed:
+                reason, error = "results delivered", None
+            elif missing:
+                reason = f"result file(s) missing on the cluster: {', '.join(missing)}"
+                error = f"{reason}; see `mqi logs {case_id} --step post`"
+            else:
+                failed = [str(b.number) for b in summary.failed_beams()]
+                reason = f"beam(s) {', '.join(failed)} failed" if failed else "the plan sum was not written"
+                error = summary.failure_text()
             self.store.update_case(
                 case_id,
                 status="completed" if completed else "failed",
-                reason="results delivered" if completed else f"beam(s) {', '.join(failed)} failed",
-                error=None if completed else _beam_errors(summary),
+                reason=reason,
+                error=error,
                 results_dir=str(target),
-                delivered_at=utc_now(),
+                delivered_at=now_iso(),
             )
         report.changes += 1
         report.delivered.append(case_id)
         if not completed:
             report.failed.append(case_id)
         self.log(f"{case_id}: results in {target}")
+
+    def _fail(self, case_id: str, reason: str, error: str, report: PollReport) -> None:
+        report.changes += 1
+        report.failed.append(case_id)
+        self.store.update_case(case_id, status="failed", reason=reason, error=f"{reason}: {error}")
 
 
 class _Background(Generic[_T]):
@@ -454,6 +416,7 @@ class _Changes:
     beams: list[tuple[Beam, dict[str, Any]]] = field(default_factory=list)
     never_satisfied: list[Job] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
+    accounting_down: bool = False
 
     def __len__(self) -> int:
         # never_satisfied jobs are counted when they are cancelled
@@ -500,15 +463,6 @@ def _mirror_tasks(
         if record.exit_code is not None:
             fields["exit_code"] = record.exit_code
         changes.beam(beam, fields)
-
-
-def _beam_errors(summary: dict[str, Any]) -> str:
-    parts = [
-        f"beam {b['number']}: {b.get('reason') or 'failed'}"
-        for b in summary.get("beams", [])
-        if b["status"] != "completed"
-    ]
-    return "; ".join(parts) or "the plan sum was not written"
 
 
 def _as_tasks(records: list[JobRecord], indices: str | None) -> list[JobRecord]:

@@ -1,24 +1,20 @@
-"""`mqi scan`: submit every ready, not yet known case folder under watch_dir (for cron).
+"""Which folders under watch_dir `mqi scan` should submit (for cron).
 
-A global lock makes overlapping runs harmless (the second exits quietly), and the
+A global lock makes overlapping scans harmless (the second exits quietly), and the
 per-case lock in submission keeps a scan and a manual `mqi submit` apart. A
 rejected folder is recorded once and checked again only when its content changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mqi.config import Config
-from mqi.errors import MqiError
-from mqi.intake import folder_fingerprint, is_ready
-from mqi.locks import Busy, file_lock
+from mqi.errors import UsageError
+from mqi.intake import folder_fingerprint
+from mqi.intake.identity import rejected_case_id
 from mqi.store import Store
-from mqi.submit import CaseRejected, Submitter, rejected_case_id
-from mqi.transport import Transport
 
 
 @dataclass
@@ -36,10 +32,24 @@ class ScanReport:
 
 def candidate_folders(watch_dir: Path) -> list[Path]:
     """Immediate sub-folders of watch_dir, oldest first; hidden ones are in-progress copies."""
-    if not watch_dir.is_dir():
-        return []
-    folders = [p for p in watch_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return sorted(folders, key=lambda p: (p.stat().st_mtime, p.name))
+    try:
+        entries = list(watch_dir.iterdir())
+    except FileNotFoundError:
+        raise UsageError(
+            f"watch_dir {watch_dir} does not exist: create it or fix watch_dir in the config"
+        ) from None
+    except NotADirectoryError:
+        raise UsageError(f"watch_dir {watch_dir} is not a folder: fix watch_dir in the config") from None
+    except PermissionError:
+        raise UsageError(f"watch_dir {watch_dir} cannot be read by this user: fix its permissions") from None
+    folders = []
+    for path in entries:
+        try:
+            if path.is_dir() and not path.name.startswith("."):
+                folders.append((path.stat().st_mtime, path.name, path))
+        except OSError:
+            continue  # vanished or unreadable meanwhile: the next scan sees it again
+    return [path for _, _, path in sorted(folders)]
 
 
 def needs_submission(store: Store, folder: Path) -> bool:
@@ -52,39 +62,3 @@ def needs_submission(store: Store, folder: Path) -> bool:
     if case.status == "rejected":
         return case.folder_fingerprint != folder_fingerprint(folder)
     return case.status in ("new", "submitting")
-
-
-def scan(
-    config: Config,
-    store: Store,
-    transport: Transport,
-    *,
-    log: Callable[[str], None] = lambda _msg: None,
-) -> ScanReport:
-    report = ScanReport()
-    lock = config.state_dir / "locks" / "scan.lock"
-    try:
-        with file_lock(lock, wait=False, what="mqi scan"):
-            submitter = Submitter(config, store, transport, log=log)
-            for folder in candidate_folders(config.watch_dir):
-                if not needs_submission(store, folder):
-                    report.known += 1
-                    continue
-                ready, why = is_ready(folder, config.readiness)
-                if not ready:
-                    report.waiting.append(f"{folder.name}: {why}")
-                    continue
-                try:
-                    outcome = submitter.submit(folder)
-                except CaseRejected as rejected:
-                    report.rejected.append(rejected.case_id)
-                    log(str(rejected))
-                except MqiError as error:
-                    report.errors.append(f"{folder.name}: {error}")
-                    log(f"{folder.name}: {error}")
-                else:
-                    if not outcome.already:
-                        report.submitted.append(outcome.case_id)
-    except Busy:
-        report.skipped_busy = True
-    return report

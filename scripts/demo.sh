@@ -46,7 +46,7 @@ step "mqi doctor"
 $mqi doctor
 
 step "A synthetic case: water phantom CT, structure set, 2-beam proton plan"
-.venv/bin/python -m mqi.synthetic "$demo/incoming/Demo Phantom"
+.venv/bin/python -m mqi.testing.synthetic "$demo/incoming/Demo Phantom"
 $mqi check "$demo/incoming/Demo Phantom"
 
 step "mqi scan (what cron runs): submits the ready case"

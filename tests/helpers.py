@@ -48,8 +48,9 @@ def slurm_jobs(case_uid: str) -> dict[str, list]:
     from datetime import timedelta
 
     from mqi import slurm
+    from mqi.clock import now_utc
 
-    since = slurm.utc_now() - timedelta(hours=6)
+    since = now_utc() - timedelta(hours=6)
     text = subprocess.run(
         ["bash", "-c", slurm.squeue_command(all_users=True)], capture_output=True, text=True, check=True
     ).stdout

@@ -30,3 +30,13 @@ def case_id(case_dir: Path, plan_uid: str) -> str:
 def case_uid(case_dir: Path, plan_uid: str) -> str:
     key = f"mqi-case:{plan_uid}{case_dir.resolve()}"
     return hashlib.sha256(key.encode()).hexdigest()[:UID_LENGTH]
+
+
+def rejected_case_id(case_dir: Path) -> str:
+    """A case id for a folder whose plan could not be read."""
+    return f"{sanitise_name(case_dir.name)}-{opaque(str(case_dir))[:8]}"
+
+
+def opaque(text: str) -> str:
+    """A 16-hex-digit hash of ``text`` (names never leave the workstation, hashes may)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]

@@ -9,7 +9,6 @@ A failed beam is data, not an error: only a broken post-processing raises.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -23,7 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from mqi.bundle import RESULTS_DIR, SUMMARY_NAME, Manifest, read_manifest
+from mqi.bundle import RESULTS_DIR, SUMMARY_NAME, Manifest, Summary, SummaryBeam, read_manifest, summary_json
 from mqi.post.outputs import BeamCheck, VolumeFile, inspect_beam
 from mqi.post.rtdose import (
     RT_ION_PLAN_STORAGE,
@@ -36,7 +35,6 @@ from mqi.post.rtdose import (
     dose_scaling,
 )
 
-SUMMARY_FORMAT = 1
 PLAN_FILE = "RD.plan.dcm"
 CHUNK_BYTES = 8 * 2**20
 UID_ROOT = "mqi-post"
@@ -366,31 +364,28 @@ def _write_results(
         return plan_writer.close() if plan_writer is not None else None
 
 
-def write_summary(results_dir: Path, summary: dict[str, Any]) -> Path:
+def write_summary(results_dir: Path, summary: Summary) -> Path:
     """``summary.json`` via a temporary file and a rename."""
     path = results_dir / SUMMARY_NAME
     partial = results_dir / (SUMMARY_NAME + ".partial")
-    partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    partial.write_text(summary_json(summary), encoding="utf-8")
     os.replace(partial, path)
     return path
 
 
-def build_summary(
-    manifest: Manifest, results: Sequence[BeamResult], plan_sha256: str | None
-) -> dict[str, Any]:
+def build_summary(manifest: Manifest, results: Sequence[BeamResult], plan_sha256: str | None) -> Summary:
     files = {result.file: result.sha256 for result in results if result.file and result.sha256}
     if plan_sha256:
         files[PLAN_FILE] = plan_sha256
-    return {
-        "format": SUMMARY_FORMAT,
-        "case_uid": manifest.case_uid,
-        "plan_status": "completed" if plan_sha256 else "failed",
-        "plan_file": PLAN_FILE if plan_sha256 else None,
-        "dose_type": manifest.dose_type,
-        "tps_doses": list(manifest.tps_doses),
-        "beams": [asdict(result) for result in results],
-        "files": files,
-    }
+    return Summary(
+        case_uid=manifest.case_uid,
+        plan_status="completed" if plan_sha256 else "failed",
+        plan_file=PLAN_FILE if plan_sha256 else None,
+        dose_type=manifest.dose_type,
+        tps_doses=list(manifest.tps_doses),
+        beams=[SummaryBeam(**asdict(result)) for result in results],
+        files=files,
+    )
 
 
 def log_line(result: BeamResult) -> str:
@@ -462,4 +457,4 @@ def postprocess_bundle(
     if log is not None:
         _write_log(log, results, plan_sha)
     write_summary(results_dir, summary)
-    return summary
+    return summary.model_dump(mode="json")

@@ -26,11 +26,12 @@ from pathlib import Path
 import pytest
 
 from mqi import slurm
+from mqi.clock import now_utc
 from mqi.render import RenderedBundle, render_bundle
 from tests.unit.test_render_cases import aptg_case, render_config
 
 pytestmark = pytest.mark.cluster
-synthetic = pytest.importorskip("mqi.synthetic", reason="mqi.synthetic builds the test case")
+synthetic = pytest.importorskip("mqi.testing.synthetic", reason="mqi.testing.synthetic builds the test case")
 STANDIN = Path(sys.executable).parent / "mqi-moqui-standin"
 GRID = (16, 16, 8)
 ENGINE = """#!/bin/bash
@@ -68,7 +69,7 @@ def wait_terminal(expected: set[str], timeout: float = 180) -> dict[str, slurm.J
 
     sacct lags: right after a task ends it may still list a placeholder for its array.
     """
-    since = slurm.utc_now().replace(hour=0, minute=0, second=0)
+    since = now_utc().replace(hour=0, minute=0, second=0)
     deadline = time.monotonic() + timeout
     records: dict[str, slurm.JobRecord] = {}
     while time.monotonic() < deadline:

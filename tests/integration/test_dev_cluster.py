@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mqi import slurm
+from mqi.clock import now_utc
 
 pytestmark = pytest.mark.cluster
 
@@ -18,7 +19,7 @@ def sh(command: str, cwd: Path | None = None) -> str:
 
 
 def wait_finished(job_id: str, tasks: int, timeout: float = 90) -> dict[str, slurm.JobRecord]:
-    since = slurm.utc_now()
+    since = now_utc()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         (command,) = slurm.sacct_commands([job_id], since.replace(hour=0, minute=0))

@@ -16,7 +16,7 @@ import pytest
 
 from mqi import slurm
 from mqi.bundle import sha256_file
-from mqi.synthetic import build_case
+from mqi.testing.synthetic import build_case
 from tests.helpers import ROOT, NodeKeeper, cancel_case_jobs, live_chains, run_mqi, slurm_jobs, submit_json
 
 pytestmark = pytest.mark.cluster

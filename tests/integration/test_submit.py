@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from mqi import slurm
-from mqi.synthetic import build_case
+from mqi.testing.synthetic import build_case
 from tests.helpers import APTG, ROOT, cancel_case_jobs, live_chains, run_mqi, slurm_jobs, submit_json
 
 pytestmark = pytest.mark.cluster

@@ -20,7 +20,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from mqi import standin
 from mqi.bundle import (
     EXIT_CODE_NAME,
     Manifest,
@@ -30,7 +29,8 @@ from mqi.bundle import (
     write_manifest,
 )
 from mqi.moqui_params import format_parameter_line
-from mqi.synthetic import build_case
+from mqi.testing import standin
+from mqi.testing.synthetic import build_case
 from tests.helpers import APTG
 
 needs_aptg = pytest.mark.skipif(
@@ -206,7 +206,7 @@ def build_bundle(
 
 
 def standin_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mqi.standin", *args]
+    return [sys.executable, "-m", "mqi.testing.standin", *args]
 
 
 def run_standin(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from mqi.intake import IntakeOptions, IntakeResult, read_case
-from mqi.synthetic import SyntheticCase, build_case
+from mqi.testing.synthetic import SyntheticCase, build_case
 
 APTG = Path(__file__).parents[2].parent / "shared" / "data" / "aptg-plan03"
 PATIENT_NAME = "Doe^Jane"

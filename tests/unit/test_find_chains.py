@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from mqi.chain import Chain, find_chains
 from mqi.slurm import JobRecord
-from mqi.submit import Chain, find_chains
 
 UID = "0123456789abcdef"
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from mqi.config import parse_config
 from mqi.intake import IntakeOptions, case_id, case_uid, read_case, sanitise_name
 from mqi.intake.report import render_check
-from mqi.synthetic import SyntheticCase
+from mqi.testing.synthetic import SyntheticCase
 from tests.unit.intake_fixtures import (  # noqa: F401 (fixtures)
     PATIENT_NAME,
     case_fixture,

@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from mqi.intake import read_case
-from mqi.synthetic import SyntheticCase
+from mqi.testing.synthetic import SyntheticCase
 from tests.unit.intake_fixtures import (  # noqa: F401 (fixtures)
     build_small,
     case_fixture,

@@ -160,7 +160,7 @@ def _tps_doses(case_dir: Path) -> list[TPSDose]:
 def aptg_case(
     case_dir: Path = APTG, *, case_uid: str = CASE_UID, beam_names: list[str] | None = None
 ) -> Case:
-    """The case in ``case_dir`` (APTG or mqi.synthetic layout) as intake would hand it over:
+    """The case in ``case_dir`` (APTG or mqi.testing.synthetic layout) as intake would hand it over:
     RP*.dcm, RS*.dcm, RD*.dcm and ct/*.dcm."""
     plan_path = next(case_dir.glob("RP*.dcm"))
     rs_path = next(case_dir.glob("RS*.dcm"))

@@ -21,7 +21,7 @@ import pytest
 from mqi.render import RenderedBundle, render_bundle
 from tests.unit.test_render_cases import aptg_case, render_config
 
-synthetic = pytest.importorskip("mqi.synthetic", reason="mqi.synthetic builds the small test case")
+synthetic = pytest.importorskip("mqi.testing.synthetic", reason="it builds the small test case")
 STANDIN = Path(sys.executable).parent / "mqi-moqui-standin"
 GRID = (16, 16, 8)  # rows, columns, slices
 EXPECTED_BYTES = 16 * 16 * 8 * 8

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from mqi.standin import range_mm
+from mqi.testing.standin import range_mm
 from tests.unit.engine_fixtures import (
     Bundle,
     build_bundle,
@@ -251,7 +251,7 @@ def test_seconds_makes_it_take_that_long(bundle: Bundle) -> None:
 
 def test_help_says_it_is_not_a_dose_engine() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "mqi.standin", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "mqi.testing.standin", "--help"], capture_output=True, text=True, check=True
     )
     assert "NOT A DOSE ENGINE" in done.stdout
 

@@ -18,9 +18,9 @@ from mqi.store import (
     Store,
     StoreBusyError,
     StoreError,
+    now_iso,
     parse_utc,
     to_utc_iso,
-    utc_now,
 )
 
 TS = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z"
@@ -61,7 +61,7 @@ def test_creates_schema_with_wal_and_parent_dirs(store: Store, db_path: Path) ->
     assert {"case_uid", "errors_json", "delivered_at", "attempts"} <= _columns(db_path, "cases")
     assert {"array_index", "slurm_state", "dose_file"} <= _columns(db_path, "beams")
     assert {"array_indices", "finished", "generation"} <= _columns(db_path, "jobs")
-    pragmas = store._db.conn  # connection settings of the store itself
+    pragmas = store._conn  # connection settings of the store itself
     assert pragmas.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert pragmas.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
 
@@ -332,7 +332,7 @@ def test_jobs(store: Store) -> None:
         "c1",
         [
             {"job_id": "10", "step": "prepare", "submitted_at": "2026-01-01T00:00:05Z"},
-            {"job_id": "11", "step": "simulate", "array_indices": "0-1"},
+            {"job_id": "11", "step": "simulate", "array_indices": "0-1", "state": "PENDING:2"},
             {"job_id": "12", "step": "post"},
         ],
     )
@@ -402,7 +402,7 @@ def test_transaction_rolls_back_everything(store: Store, db_path: Path) -> None:
 
 
 def test_timestamps(store: Store) -> None:
-    now = utc_now()
+    now = now_iso()
     assert len(now) == 20 and now.endswith("Z")
     assert abs(parse_utc(now) - datetime.now(UTC)) < timedelta(seconds=5)
     cet = timezone(timedelta(hours=1))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from mqi.synthetic import build_case
+from mqi.testing.synthetic import build_case
 
 DCIODVFY = shutil.which("dciodvfy")
 

@@ -715,11 +715,11 @@ def build_case(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mqi.synthetic FOLDER``: write a synthetic case (for the demo and trials)."""
+    """``python -m mqi.testing.synthetic FOLDER``: write a synthetic case (for the demo and trials)."""
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m mqi.synthetic", description="Write a synthetic water-phantom proton case."
+        prog="python -m mqi.testing.synthetic", description="Write a synthetic water-phantom proton case."
     )
     parser.add_argument("folder", type=Path)
     parser.add_argument("--beams", type=int, default=2)

@@ -1,150 +1,18 @@
-"""Run a command, put a tree, get a tree: on this machine or on a login node over SSH.
-
-Both transports take shell command strings (callers quote every value with
-``shlex.quote``) and bundle-relative file lists. An SSH transport opens ONE
-connection, lazily, and keeps it for the whole CLI command. Host keys are always
-checked against the configured known_hosts file; nothing is ever auto-added.
-"""
+"""Slurm on a login node: one SSH connection (fabric), host keys always checked."""
 
 from __future__ import annotations
 
 import contextlib
-import shlex
-import shutil
 import socket
 import stat
-import subprocess
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Protocol
 
 from mqi.config import ClusterConfig
 from mqi.errors import TransportError
-
-Progress = Callable[[int], None]
-"""Called with the number of bytes just transferred."""
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    command: str
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-    def first_error_line(self) -> str:
-        for text in (self.stderr, self.stdout):
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            if lines:
-                return lines[-1]
-        return f"exit code {self.returncode}"
-
-
-@dataclass
-class TransferStats:
-    files_sent: int = 0
-    files_skipped: int = 0
-    bytes_sent: int = 0
-    seconds: float = 0.0
-    names: list[str] = field(default_factory=list)
-
-
-class Transport(Protocol):
-    """What orchestration needs from a place where Slurm commands run."""
-
-    description: str
-
-    def run(self, command: str, *, timeout: float | None = None, stdin: str | None = None) -> CommandResult:
-        """Run a shell command there; never raises for a non-zero exit."""
-        ...
-
-    def put_files(
-        self, local_root: Path, remote_root: str, names: Iterable[str], progress: Progress | None = None
-    ) -> TransferStats:
-        """Copy ``local_root/<name>`` to ``remote_root/<name>`` (folders created, modes kept)."""
-        ...
-
-    def get_files(
-        self, remote_root: str, local_root: Path, names: Iterable[str], progress: Progress | None = None
-    ) -> TransferStats:
-        """Copy ``remote_root/<name>`` to ``local_root/<name>``."""
-        ...
-
-    def close(self) -> None: ...
-
-
-def list_tree_command(root: str) -> str:
-    """A command printing ``<size>\\t<relative path>`` for every file under root (nothing if absent)."""
-    quoted = shlex.quote(root)
-    return f"if [ -d {quoted} ]; then cd {quoted} && find . -type f -printf '%s\\t%P\\n'; fi"
-
-
-def parse_tree_listing(text: str) -> dict[str, int]:
-    """Parse :func:`list_tree_command` output into {relative path: size}."""
-    sizes: dict[str, int] = {}
-    for line in text.splitlines():
-        size, _, name = line.partition("\t")
-        if name:
-            sizes[name] = int(size)
-    return sizes
-
-
-class LocalTransport:
-    """Slurm on this machine: commands through bash, files by copying."""
-
-    def __init__(self) -> None:
-        self.description = "local"
-
-    def run(self, command: str, *, timeout: float | None = None, stdin: str | None = None) -> CommandResult:
-        try:
-            proc = subprocess.run(
-                ["bash", "-c", command],
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise TransportError(
-                f"local command timed out after {timeout:.0f}s: {command[:80]}", transient=True
-            ) from None
-        return CommandResult(command, proc.returncode, proc.stdout, proc.stderr)
-
-    def put_files(
-        self, local_root: Path, remote_root: str, names: Iterable[str], progress: Progress | None = None
-    ) -> TransferStats:
-        return _copy_files(local_root, Path(remote_root), names, progress)
-
-    def get_files(
-        self, remote_root: str, local_root: Path, names: Iterable[str], progress: Progress | None = None
-    ) -> TransferStats:
-        return _copy_files(Path(remote_root), local_root, names, progress)
-
-    def close(self) -> None:
-        pass
-
-
-def _copy_files(src: Path, dst: Path, names: Iterable[str], progress: Progress | None) -> TransferStats:
-    stats = TransferStats()
-    start = time.monotonic()
-    for name in names:
-        target = dst / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / name, target)
-        size = target.stat().st_size
-        stats.files_sent += 1
-        stats.bytes_sent += size
-        if progress:
-            progress(size)
-    stats.seconds = time.monotonic() - start
-    return stats
+from mqi.shell import quote
+from mqi.transport.base import CommandResult, Progress, TransferStats
 
 
 class SSHTransport:
@@ -281,7 +149,7 @@ class SSHTransport:
         dirs = sorted({str(PurePosixPath(remote_root, name).parent) for name in names})
         if dirs:
             # Folders of patient data are private to the cluster user from the start.
-            mkdir = self.run("umask 077 && mkdir -p " + " ".join(shlex.quote(d) for d in dirs))
+            mkdir = self.run("umask 077 && mkdir -p " + " ".join(quote(d) for d in dirs))
             if not mkdir.ok:
                 raise TransportError(
                     f"cannot create {remote_root} on the cluster: {mkdir.first_error_line()}"
@@ -342,14 +210,3 @@ class SSHTransport:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-
-
-def open_transport(cluster: ClusterConfig) -> Transport:
-    """The transport the config names; SSH connects lazily on first use."""
-    if cluster.transport == "local":
-        return LocalTransport()
-    return SSHTransport(cluster)
-
-
-def remote_join(*parts: str) -> str:
-    return str(PurePosixPath(*parts))

@@ -1,4 +1,4 @@
-"""What the CLI shows: the status JSON contract and rich tables, built from the store."""
+"""What the CLI shows of cases: rich tables built from the status documents of ``mqi.api``."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from mqi.slurm import utc_now
-from mqi.store import Case, Store, parse_utc
+from mqi.clock import now_utc, parse_utc
 
 
 def age(iso: str | None) -> str:
     """How long ago, in the largest sensible unit."""
     if not iso:
         return ""
-    seconds = int((utc_now() - parse_utc(iso)).total_seconds())
+    seconds = int((now_utc() - parse_utc(iso)).total_seconds())
     if seconds < 120:
         return f"{seconds}s"
     if seconds < 7200:
@@ -34,38 +33,6 @@ STYLE = {
     "running": "cyan",
     "postprocessing": "cyan",
 }
-
-
-def case_status(store: Store, case: Case) -> dict[str, Any]:
-    """The `mqi status --json` shape of one case (keys may be added, never renamed)."""
-    jobs = store.list_jobs(case.case_id)
-    return {
-        "case_id": case.case_id,
-        "case_uid": case.case_uid,
-        "status": case.status,
-        "error": case.error,
-        "errors": case.errors,
-        "results_dir": case.results_dir,
-        "priority": case.priority,
-        "created_at": case.created_at,
-        "submitted_at": case.submitted_at,
-        "finished_at": case.finished_at,
-        "beams": [
-            {
-                "number": beam.number,
-                "name": beam.name,
-                "status": beam.status,
-                "slurm_state": beam.slurm_state,
-                "job_id": beam.job_id,
-                "exit_code": beam.exit_code,
-                "reason": beam.reason,
-                "node": beam.node,
-                "dose_file": beam.dose_file,
-            }
-            for beam in store.list_beams(case.case_id)
-        ],
-        "jobs": [job.to_dict() for job in jobs],
-    }
 
 
 def span(start: str | None, end: str | None) -> str:
@@ -112,26 +79,26 @@ def case_detail(data: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
-def cases_table(store: Store, cases: list[Case]) -> Table:
+def cases_table(cases: list[dict[str, Any]]) -> Table:
     """One row per case: status, beams done, age, time waiting and running, error."""
     table = Table(title="mqi cases")
     for column in ("case", "status", "beams", "age", "waited", "ran", "error"):
         table.add_column(column, overflow="fold")
     for case in cases:
-        beams = store.list_beams(case.case_id)
-        done = sum(beam.status == "completed" for beam in beams)
-        started = [b.started_at for b in beams if b.started_at]
-        ended = [b.ended_at for b in beams if b.ended_at]
-        waited = span(case.submitted_at, min(started) if started else None)
+        beams = case["beams"]
+        done = sum(beam["status"] == "completed" for beam in beams)
+        started = [b["started_at"] for b in beams if b["started_at"]]
+        ended = [b["ended_at"] for b in beams if b["ended_at"]]
+        waited = span(case["submitted_at"], min(started) if started else None)
         ran = span(min(started) if started else None, max(ended) if ended else None)
-        style = STYLE.get(case.status, "")
+        style = STYLE.get(case["status"], "")
         table.add_row(
-            case.case_id,
-            f"[{style}]{case.status}[/]" if style else case.status,
+            case["case_id"],
+            f"[{style}]{case['status']}[/]" if style else case["status"],
             f"{done}/{len(beams)}" if beams else "",
-            age(case.created_at),
+            age(case["created_at"]),
             waited,
             ran,
-            (case.error or "")[:120],
+            (case["error"] or "")[:120],
         )
     return table

@@ -1,0 +1,253 @@
+"""The public Python API: what the CLI, the dashboard and your own scripts call.
+
+>>> import mqi
+>>> with mqi.open("mqi.yaml") as session:          # doctest: +SKIP
+...     outcome = session.submit("/data/new_cases/patient_folder")
+...     report = session.poll_until_done(timeout=600)
+...     print(session.status(outcome.case_id)["status"])
+
+A session holds the config, the database and at most one connection to the cluster,
+opened on first use and closed with the session. Every method raises an
+:class:`mqi.errors.MqiError` whose text is one line a person can act on
+(``exit_code`` 1 for the cluster, 2 for bad input).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mqi.config import Config, load_config
+from mqi.errors import one_line
+
+if TYPE_CHECKING:
+    from mqi.actions import QueueRow
+    from mqi.doctor import Check
+    from mqi.intake import IntakeResult
+    from mqi.poll import PollReport
+    from mqi.render import RenderedBundle
+    from mqi.scan import ScanReport
+    from mqi.slurm.backend import SlurmBackend
+    from mqi.store import Store
+    from mqi.submit import SubmitOutcome, UploadProgress
+    from mqi.transport import Transport
+
+Log = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def open(config: Config | str | Path | None = None, *, log: Log = _quiet) -> Session:
+    """A session over a config: a ``Config``, a path (``str`` or ``Path``), or None for
+    ``$MQI_CONFIG`` then ``./mqi.yaml``."""
+    if not isinstance(config, Config):
+        config = load_config(None if config is None else Path(config))
+    return Session(config, log=log)
+
+
+class Session:
+    """One config, one database, at most one cluster connection. Use it as a context manager."""
+
+    def __init__(self, config: Config, *, log: Log = _quiet) -> None:
+        self.config = config
+        self.log = log
+        self._store: Store | None = None
+        self._transport: Transport | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            from mqi.store import Store
+
+            self._store = Store(self.config.db_path)
+        return self._store
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            from mqi.transport import open_transport
+
+            self._transport = open_transport(self.config.cluster)
+        return self._transport
+
+    @property
+    def backend(self) -> SlurmBackend:
+        from mqi.slurm.backend import CliBackend
+
+        return CliBackend(self.transport)
+
+    # -- cases in ---------------------------------------------------------------------
+    def check(self, case_dir: str | Path, *, plan: str | None = None) -> IntakeResult:
+        """Read and check a case folder; nothing is stored or submitted."""
+        from mqi.intake import IntakeOptions, read_case
+
+        return read_case(Path(case_dir), IntakeOptions.from_config(self.config, plan_uid=plan))
+
+    def dry_run(
+        self,
+        case_dir: str | Path,
+        out: str | Path | None = None,
+        *,
+        priority: str | None = None,
+        plan: str | None = None,
+    ) -> tuple[IntakeResult, RenderedBundle]:
+        """Render the case's bundle locally (``out``, default under state_dir); nothing submitted."""
+        from mqi.submit import dry_run
+
+        target = None if out is None else Path(out)
+        return dry_run(self.config, Path(case_dir), target, priority=priority, plan_uid=plan)
+
+    def submit(
+        self,
+        case_dir: str | Path,
+        *,
+        priority: str | None = None,
+        force: bool = False,
+        plan: str | None = None,
+        progress: UploadProgress | None = None,
+    ) -> SubmitOutcome:
+        """Check, render, upload and queue one case exactly once (``force``: again)."""
+        from mqi.submit import Submitter
+
+        submitter = Submitter(self.config, self.store, self.transport, log=self.log, progress=progress)
+        return submitter.submit(Path(case_dir), priority=priority, force=force, plan_uid=plan)
+
+    def scan(self) -> ScanReport:
+        """Submit every ready, not yet known folder under watch_dir, each on its own: a bad
+        case is rejected (or left ``submitting`` with its error) and the next one is tried."""
+        from mqi.intake import is_ready
+        from mqi.locks import Busy, file_lock
+        from mqi.scan import ScanReport, candidate_folders, needs_submission
+        from mqi.submit import CaseRejected, Submitter
+
+        report = ScanReport()
+        folders = candidate_folders(self.config.watch_dir)
+        try:
+            with file_lock(self.config.state_dir / "locks" / "scan.lock", wait=False, what="mqi scan"):
+                submitter = Submitter(self.config, self.store, self.transport, log=self.log)
+                for folder in folders:
+                    if not needs_submission(self.store, folder):
+                        report.known += 1
+                        continue
+                    ready, why = is_ready(folder, self.config.readiness)
+                    if not ready:
+                        report.waiting.append(f"{folder.name}: {why}")
+                        continue
+                    try:
+                        outcome = submitter.submit(folder)
+                    except CaseRejected as rejected:
+                        report.rejected.append(rejected.case_id)
+                        self.log(str(rejected))
+                    except Exception as error:  # one case never stops the others
+                        what = one_line(error)
+                        report.errors.append(f"{folder.name}: {what}")
+                        self.log(f"{folder.name}: {what}")
+                    else:
+                        if not outcome.already:
+                            report.submitted.append(outcome.case_id)
+        except Busy:
+            report.skipped_busy = True
+        return report
+
+    # -- following Slurm ----------------------------------------------------------------
+    def poll(self) -> PollReport:
+        """One cycle: mirror Slurm into the database, bring finished results home."""
+        from mqi.poll import Poller
+
+        return Poller(self.config, self.store, self.transport, log=self.log).poll_once()
+
+    def poll_until_done(
+        self, *, timeout: float | None = None, on_cycle: Callable[[PollReport], None] | None = None
+    ) -> PollReport:
+        """Poll until no case is active (backing off while nothing changes), or ``timeout`` s."""
+        from mqi.poll import Poller, poll_until_done
+
+        poller = Poller(self.config, self.store, self.transport, log=self.log)
+        return poll_until_done(
+            poller,
+            timeout=timeout,
+            interval=self.config.poll.interval_seconds,
+            on_cycle=on_cycle or (lambda _report: None),
+        )
+
+    def run_service(self, *, interval: float | None = None, should_stop: Callable[[], bool]) -> None:
+        """Scan and poll until ``should_stop()``; survives every per-case and per-cycle error."""
+        every = interval or self.config.poll.interval_seconds
+        self.log(f"mqi run: scanning {self.config.watch_dir} and polling every {every:.0f}s")
+        while not should_stop():
+            for name, step in (("scan", self.scan), ("poll", self.poll)):
+                try:
+                    report = step()
+                except Exception as error:  # the service keeps running; the next cycle retries
+                    what = one_line(error)
+                    self.log(f"{name} failed, retrying next cycle: {what}")
+                    continue
+                for case_id in getattr(report, "submitted", []):
+                    self.log(f"submitted {case_id}")
+                for case_id in getattr(report, "delivered", []):
+                    self.log(f"delivered {case_id}")
+            deadline = time.monotonic() + every
+            while not should_stop() and time.monotonic() < deadline:
+                time.sleep(min(0.5, every))
+        self.log("mqi run: stopped")
+
+    # -- looking and acting -------------------------------------------------------------
+    def status(self, case_id: str | None = None) -> Any:
+        """One case's status document, or every case's (a list), as ``mqi status --json``."""
+        from mqi.actions import case_status
+
+        if case_id is not None:
+            return case_status(self.store, self.store.require_case(case_id))
+        return [case_status(self.store, case) for case in self.store.list_cases()]
+
+    def cancel(self, case_id: str) -> list[str]:
+        """scancel the case's unfinished jobs; the case becomes cancelled. Returns the job ids."""
+        from mqi.actions import cancel_case
+
+        return cancel_case(self.store, self.backend, case_id)
+
+    def retry(self, case_id: str, beams: list[int] | None = None) -> dict[str, str | None]:
+        """Resubmit the failed (or the named) beams and a new post job. Returns the job ids."""
+        from mqi.actions import retry_case
+
+        return retry_case(self.config, self.store, self.backend, case_id, beams)
+
+    def top(self, case_id: str) -> list[str]:
+        from mqi.actions import top_case
+
+        return top_case(self.store, self.backend, case_id)
+
+    def logs(self, case_id: str, *, beam: int | None = None, step: str | None = None) -> str:
+        from mqi.actions import read_log
+        from mqi.transport import RemoteFiles
+
+        return read_log(self.store, RemoteFiles(self.transport), case_id, beam=beam, step=step)
+
+    def queue(self) -> list[QueueRow]:
+        from mqi.actions import live_queue
+
+        return live_queue(self.store, self.backend)
+
+    def doctor(self) -> list[Check]:
+        from mqi.doctor import run_checks
+
+        return run_checks(self.config, self.transport)

@@ -1,0 +1,58 @@
+"""The `mqi` command line: a thin typer shell over :mod:`mqi.api` (no logic of its own).
+
+Exit codes: 0 success, 1 operational failure, 2 bad input or usage. Errors are one
+line on stderr; set MQI_DEBUG=1 to see a traceback for an unexpected failure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mqi import __version__
+from mqi.cli import cases, operate
+from mqi.cli.common import out, set_global_config
+
+app = typer.Typer(
+    name="mqi",
+    help="Slurm-native submitter for MOQUI proton Monte Carlo dose QA.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mqi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Config file for every command (default: $MQI_CONFIG, then ./mqi.yaml)."
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Slurm-native submitter for MOQUI proton Monte Carlo dose QA."""
+    set_global_config(config)
+
+
+cases.register(app)
+operate.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""What every command shares: consoles, the one-line error contract, JSON output, options."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from mqi.errors import MqiError, one_line
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: $MQI_CONFIG, then ./mqi.yaml)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_global_config: dict[str, Path | None] = {"path": None}
+
+
+def set_global_config(path: Path | None) -> None:
+    """``mqi --config F COMMAND``: the config every command uses unless it names its own."""
+    _global_config["path"] = path
+
+
+def config_path(path: Path | None) -> Path | None:
+    return path or _global_config["path"]
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err.print(f"mqi: error: {message}", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn every error into one line on stderr and the documented exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MqiError as error:
+            raise fail(str(error), error.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as error:
+            if os.environ.get("MQI_DEBUG"):
+                raise
+            raise fail(f"unexpected {one_line(error)} (rerun with MQI_DEBUG=1 for details)", 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+
+
+def log(message: str) -> None:
+    err.print(message, markup=False, soft_wrap=True)
+
+
+def session(config: Path | None, *, log_to: Callable[[str], None] = log) -> Any:
+    """An ``mqi.api`` session for the command's (or the global) config."""
+    from mqi import api
+
+    return api.open(config_path(config), log=log_to)

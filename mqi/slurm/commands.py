@@ -1,0 +1,228 @@
+"""Slurm command lines (pure): queries, submit, cancel, top, job-script directives, doctor probes.
+
+A backend runs these strings through a transport. Formats are the text forms measured
+on Slurm 22.05 (``--json`` is unreliable there: sacct reports exit 0 for FAILED jobs and
+squeue ignores filters). Every query runs under ``TZ=UTC``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from mqi.errors import UsageError
+from mqi.shell import quote
+from mqi.slurm.names import (
+    OUTPUT_PATTERNS,
+    SACCT_CHUNK,
+    SACCT_FIELDS,
+    SECTION,
+    SQUEUE_FORMAT,
+    STEPS,
+    id_sort_key,
+    job_comment,
+    job_name,
+    parent_id,
+)
+
+if TYPE_CHECKING:
+    from mqi.config import Priority, SlurmConfig
+
+
+# Slurm prints and reads naive local times; every query runs with TZ=UTC so that the
+# login node's time zone never leaks into stored times or -S bounds.
+_UTC_ENV = "TZ=UTC "
+
+
+def _slurm_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def slurm_time_to_utc_iso(text: str | None) -> str | None:
+    """A time printed by sacct/squeue under TZ=UTC, as ``...Z``; None for Unknown/N/A."""
+    if not text or not text[:4].isdigit():
+        return None
+    return text + "Z"
+
+
+def sacct_commands(job_ids: Iterable[str], since: datetime) -> list[str]:
+    """One sacct per chunk of ids, bounded by ``since`` (ids are recycled; without -S, sacct
+    searches from the epoch)."""
+    ids = sorted({parent_id(job_id) for job_id in job_ids}, key=id_sort_key)
+    start = _slurm_time(since - timedelta(minutes=5))
+    fields = ",".join(SACCT_FIELDS)
+    # Chunks of equal size: 1,002 ids make two calls of 501 (run side by side by the
+    # poller), not a full call and a nearly empty one after it.
+    size = -(-len(ids) // max(1, -(-len(ids) // SACCT_CHUNK))) if ids else 1
+    return [
+        f"{_UTC_ENV}sacct -X --parsable2 --noheader --duplicates -S {start} "
+        f"--format={fields} -j {','.join(ids[i : i + size])}"
+        for i in range(0, len(ids), size)
+    ]
+
+
+def sacct_by_names_command(case_uid: str, since: datetime) -> str:
+    """Jobs of one case by name (pending jobs have no comment in sacct yet)."""
+    names = ",".join(job_name(case_uid, step) for step in STEPS)
+    return (
+        f'{_UTC_ENV}sacct -u "$(id -un)" -X --parsable2 --noheader --duplicates '
+        f"-S {_slurm_time(since - timedelta(minutes=5))} "
+        f"--format={','.join(SACCT_FIELDS)} --name={quote(names)}"
+    )
+
+
+def squeue_command(user: str | None = None, *, all_users: bool = False) -> str:
+    """Every live job of this user (default: the login user), array tasks expanded."""
+    who = "" if all_users else f"-u {quote(user)}" if user else "--me"
+    return f"{_UTC_ENV}squeue -h -t all -r {who} -o {quote(SQUEUE_FORMAT)}"
+
+
+def scancel_command(job_ids: Iterable[str]) -> str:
+    ids = sorted({parent_id(job_id) for job_id in job_ids}, key=id_sort_key)
+    return "scancel " + " ".join(quote(job_id) for job_id in ids)
+
+
+def scontrol_top_command(job_ids: Iterable[str]) -> str:
+    ids = ",".join(sorted({parent_id(job_id) for job_id in job_ids}, key=id_sort_key))
+    return f"scontrol top {quote(ids)}"
+
+
+def submit_command(bundle_dir: str, only_indices: Iterable[int] | None = None) -> str:
+    """Run a bundle's rendered submit.sh (all its sbatch calls in one round trip)."""
+    script = quote(f"{bundle_dir}/jobs/submit.sh")
+    if only_indices is None:
+        return f"bash {script}"
+    indices = ",".join(str(i) for i in sorted(set(only_indices)))
+    return f"bash {script} --only-beams {quote(indices)}"
+
+
+def poll_query_command(job_ids: Iterable[str], since: datetime) -> tuple[str, int]:
+    """One remote command: sacct chunks, squeue, and both exit codes. Returns it and its
+    Slurm command count.
+
+    Everything runs side by side on the login node: squeue and any further sacct chunks in
+    the background into a temporary folder, the first sacct chunk in the foreground.
+    Outputs come back in order, separated by SECTION lines, and the last section is
+    ``<sacct rc> <squeue rc>``, so that accounting being down (sacct fails, squeue
+    answers) is told apart from Slurm not answering. Error messages go to stderr; a
+    missing or empty status file (a killed subshell, a full disk) counts as a failure.
+    """
+    first, *rest = sacct_commands(job_ids, since)
+    background = [f'{{ {squeue_command()} > "$t/q"; echo $? > "$t/rq"; }} &']
+    background += [f'{{ {sacct} > "$t/a{n}"; echo $? > "$t/r{n}"; }} &' for n, sacct in enumerate(rest)]
+    collect = [f'cat "$t/a{n}"; x=1; read x < "$t/r{n}"; [ "$x" = 0 ] || ra=1' for n in range(len(rest))]
+    foreground = [
+        f"{first}; ra=$?",
+        "wait",
+        *collect,
+        f"echo {SECTION}",
+        'cat "$t/q"; rq=1; read rq < "$t/rq"',
+        f"echo {SECTION}",
+        'echo "$ra $rq"',
+        'rm -rf "$t"',
+        '[ "$ra$rq" = 00 ]',
+    ]
+    command = "t=$(mktemp -d) || exit 1; " + " ".join(background) + " " + "; ".join(foreground)
+    return command, 2 + len(rest)
+
+
+def case_jobs_command(case_uid: str, since: datetime) -> str:
+    """A case's jobs by name: squeue, a separator, sacct (one round trip, for adoption)."""
+    return f"{squeue_command()}; echo {SECTION}; {sacct_by_names_command(case_uid, since)} 2>/dev/null"
+
+
+# -- job script directives and submit.sh lines (rendered into the bundle) ---------------
+
+_DIRECTIVE_VALUE = re.compile(r"^[^\s'\"\\`$#;&|<>()]+$")
+
+
+class DirectiveError(UsageError):
+    """A config value that cannot go into an #SBATCH line."""
+
+
+def directive(option: str, key: str, value: object) -> str:
+    text = str(value)
+    if not _DIRECTIVE_VALUE.match(text):
+        raise DirectiveError(f"{key}: {text!r} cannot go into an #SBATCH line (spaces or shell characters)")
+    return f"--{option}={text}"
+
+
+def _step_resources(step: str, slurm: SlurmConfig, beam_count: int) -> list[str]:
+    if step == "simulate":
+        time_key, mem_key, cpus = "slurm.time_limit", "slurm.mem_per_beam", slurm.cpus_per_beam
+        time_limit, mem = slurm.time_limit, slurm.mem_per_beam
+    else:
+        time_key, mem_key, cpus = f"slurm.{step}_time_limit", "slurm.post_mem", 1
+        time_limit = slurm.prepare_time_limit if step == "prepare" else slurm.post_time_limit
+        mem = slurm.post_mem
+    lines = [
+        directive("time", time_key, time_limit),
+        directive("cpus-per-task", "slurm.cpus_per_beam", cpus),
+    ]
+    if mem:
+        lines.append(directive("mem", mem_key, mem))
+    if step != "simulate":
+        return [*lines, f"--output={OUTPUT_PATTERNS['job']}"]
+    return [
+        *lines,
+        directive("gres", "slurm.gpus_per_beam", f"gpu:{slurm.gpus_per_beam}"),
+        f"--array=0-{beam_count - 1}%{slurm.max_parallel_beams}",
+        f"--output={OUTPUT_PATTERNS['task']}",
+    ]
+
+
+def sbatch_directives(step: str, slurm: SlurmConfig, case_uid: str, beam_count: int) -> list[str]:
+    """The options of a job script's ``#SBATCH`` lines, in order."""
+    lines = [
+        f"--job-name={job_name(case_uid, step)}",
+        f"--comment={job_comment(case_uid)}",
+        directive("partition", "slurm.partition", slurm.partition),
+    ]
+    if slurm.account:
+        lines.append(directive("account", "slurm.account", slurm.account))
+    if slurm.qos:
+        lines.append(directive("qos", "slurm.qos", slurm.qos))
+    lines += _step_resources(step, slurm, beam_count)
+    for extra in slurm.extra_directives:
+        if any(ord(char) < 32 for char in extra):
+            raise DirectiveError(f"slurm.extra_directives: {extra!r} holds a control character")
+        lines.append(extra)
+    return lines
+
+
+def sbatch_command(step: str, priority: Priority, *extra: str) -> str:
+    """One ``sbatch`` line of submit.sh; ``extra`` are shell words (may use its variables)."""
+    words = ["sbatch", "--parsable", '--chdir="$root"', "--kill-on-invalid-dep=yes"]
+    words.append(f"--nice={priority.nice}")
+    if priority.qos:
+        words.append(quote(f"--qos={priority.qos}"))
+    return " ".join([*words, *extra, f"jobs/{step}.sbatch"])
+
+
+def sbatch_submit_lines(priority: Priority, max_parallel_beams: int) -> dict[str, str]:
+    """submit.sh's sbatch lines: the chain, and the ``--only-beams`` simulate line."""
+    return {
+        "prepare": sbatch_command("prepare", priority),
+        "simulate": sbatch_command("simulate", priority, '--dependency=afterok:"$prepare_id"'),
+        "post": sbatch_command("post", priority, '--dependency=afterany:"$simulate_id"'),
+        "simulate_only": sbatch_command("simulate", priority, f'--array="$only_beams"%{max_parallel_beams}'),
+    }
+
+
+# -- doctor probes
+
+
+def tools_command() -> str:
+    """Prints the path of each Slurm client tool, or fails."""
+    return "command -v sbatch && command -v squeue && command -v sacct && command -v scancel"
+
+
+def accounting_command() -> str:
+    """Answers (rc 0) only when slurmdbd accounting works."""
+    return "sacct -X -n --parsable2 -S now-1minutes --format=JobID"
+
+
+def partition_command(partition: str) -> str:
+    return f"sinfo -h -p {quote(partition)} -o '%P|%a|%G|%D'"

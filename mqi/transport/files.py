@@ -1,0 +1,108 @@
+"""Remote file operations: shell command builders (pure, every path quoted once, by
+:func:`mqi.shell.quote`) and ``RemoteFiles``, which runs them through a transport.
+
+The builders let orchestration put a file operation into the same round trip as a
+Slurm call; ``RemoteFiles`` is for operations that stand alone.
+"""
+
+from __future__ import annotations
+
+from mqi.errors import OperationalError
+from mqi.shell import quote
+from mqi.transport.base import Transport
+
+# What the jobs write into a bundle (logs, results, engine output): never part of an upload.
+_JOB_OUTPUTS = (
+    "\\( -path ./logs -o -path ./results -o -path './beams/*/output' \\) -prune "
+    "-o -type f ! -path './beams/*/exit_code' ! -path './beams/*/engine.*' -print0"
+)
+
+
+def bundle_listing_command(remote: str) -> str:
+    """Prints ``final``, ``partial`` or ``none`` (where the bundle is), then ``sha256  ./path``
+    lines for the uploaded files found there."""
+    final, partial = quote(remote), quote(remote + ".partial")
+    return (
+        f"if [ -d {final} ]; then echo final; cd {final}; "
+        f"elif [ -d {partial} ]; then echo partial; cd {partial}; else echo none; exit 0; fi; "
+        f"find . {_JOB_OUTPUTS} | xargs -0 -r sha256sum"
+    )
+
+
+def parse_bundle_listing(text: str) -> tuple[str, dict[str, str]]:
+    """(where, {relative path: sha256}) from :func:`bundle_listing_command` output."""
+    lines = text.splitlines()
+    kind = lines[0].strip() if lines else "none"
+    sums = {}
+    for line in lines[1:]:
+        digest, _, name = line.partition("  ")
+        if name:
+            sums[name.removeprefix("./")] = digest
+    return kind, sums
+
+
+def publish_command(remote: str, *, from_partial: bool) -> str:
+    """Before submit.sh runs (ends with ``&&``): make the bundle's logs folder (Slurm does
+    not create the folder of --output files) and, after an upload, turn ``<remote>.partial``
+    into ``<remote>`` by one rename, private to the cluster user (patient data)."""
+    if not from_partial:
+        return f"mkdir -p {quote(remote)}/logs && "
+    partial = quote(remote + ".partial")
+    return f"mkdir -p {partial}/logs && chmod 700 {partial} && mv -T {partial} {quote(remote)} && "
+
+
+def remove_command(path: str) -> str:
+    """Removes one file (ends with ``&&``)."""
+    return f"rm -f {quote(path)} && "
+
+
+class RemoteFiles:
+    """File operations on the cluster side of a transport, one round trip each."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def read_text(self, path: str) -> str | None:
+        """The file's text, or None when it does not exist (or cannot be read)."""
+        result = self.transport.run(f"cat {quote(path)}", timeout=60)
+        return result.stdout if result.ok else None
+
+    def exists(self, path: str) -> bool:
+        return self.transport.run(f"test -e {quote(path)}", timeout=60).ok
+
+    def set_aside(self, remote: str, stamp: str) -> None:
+        """``<remote>`` becomes ``<remote>.old-<stamp>``; a half upload ``<remote>.partial`` goes."""
+        result = self.transport.run(
+            f"if [ -d {quote(remote)} ]; then mv -T {quote(remote)} {quote(f'{remote}.old-{stamp}')}; fi; "
+            f"rm -rf {quote(remote + '.partial')}",
+            timeout=120,
+        )
+        if not result.ok:
+            raise OperationalError(f"cannot set aside {remote} on the cluster: {result.first_error_line()}")
+
+    def reopen_upload(self, remote: str) -> None:
+        """An uploaded but never submitted bundle goes back to ``<remote>.partial`` to be refreshed."""
+        result = self.transport.run(f"mv -T {quote(remote)} {quote(remote + '.partial')}", timeout=60)
+        if not result.ok:
+            raise OperationalError(f"cannot reopen {remote} on the cluster: {result.first_error_line()}")
+
+    def newest_and_tails(self, pattern_dir: str, pattern: str, tails: list[str], lines: int = 50) -> str:
+        """The newest file matching ``pattern_dir/pattern`` (a glob), then the last lines of
+        each file in ``tails`` that exists, each under a ``== path`` heading."""
+        glob = f"{quote(pattern_dir)}/{pattern}"
+        parts = [f"ls -t {glob} 2>/dev/null | head -n1 | xargs -r -d '\\n' cat"]
+        for path in tails:
+            parts.append(
+                f"[ -f {quote(path)} ] && {{ echo {quote(f'== {path} (last {lines} lines)')}; "
+                f"tail -n {lines} {quote(path)}; }}"
+            )
+        result = self.transport.run("; ".join(parts) + "; true", timeout=60)
+        return result.stdout
+
+    def present(self, root: str, names: list[str]) -> set[str]:
+        """Which of these files (relative to ``root``) exist there."""
+        if not names:
+            return set()
+        tests = " ".join(f"[ -f {quote(name)} ] && printf '%s\\n' {quote(name)};" for name in names)
+        result = self.transport.run(f"cd {quote(root)} 2>/dev/null && {{ {tests} true; }}", timeout=60)
+        return {line for line in result.stdout.splitlines() if line} & set(names)
