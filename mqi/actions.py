@@ -10,14 +10,30 @@ from mqi.chain import mark_cancelled, record_chain, submit_chain
 from mqi.config import Config
 from mqi.errors import OperationalError, UsageError
 from mqi.slurm.backend import SlurmBackend
-from mqi.store import Case, Store
+from mqi.store import Beam, Case, Job, Store
 from mqi.transport import RemoteFiles
 
 RETRYABLE_CASE_STATUSES = frozenset({"failed", "cancelled"})
 
 
-def case_status(store: Store, case: Case) -> dict[str, Any]:
+def all_case_statuses(store: Store) -> list[dict[str, Any]]:
+    """Every case's status document, oldest first, in three queries."""
+    cases = store.list_cases()
+    ids = [case.case_id for case in cases]
+    beams, jobs = store.beams_by_case(ids), store.jobs_by_case(ids)
+    return [
+        case_status(store, case, beams.get(case.case_id, []), jobs.get(case.case_id, [])) for case in cases
+    ]
+
+
+def case_status(
+    store: Store, case: Case, beams: list[Beam] | None = None, jobs: list[Job] | None = None
+) -> dict[str, Any]:
     """The `mqi status --json` shape of one case (keys may be added, never renamed)."""
+    if beams is None:
+        beams = store.list_beams(case.case_id)
+    if jobs is None:
+        jobs = store.list_jobs(case.case_id)
     return {
         "case_id": case.case_id,
         "case_uid": case.case_uid,
@@ -43,9 +59,9 @@ def case_status(store: Store, case: Case) -> dict[str, Any]:
                 "started_at": beam.started_at,
                 "ended_at": beam.ended_at,
             }
-            for beam in store.list_beams(case.case_id)
+            for beam in beams
         ],
-        "jobs": [job.to_dict() for job in store.list_jobs(case.case_id)],
+        "jobs": [job.to_dict() for job in jobs],
     }
 
 

@@ -213,11 +213,11 @@ class Session:
     # -- looking and acting -------------------------------------------------------------
     def status(self, case_id: str | None = None) -> Any:
         """One case's status document, or every case's (a list), as ``mqi status --json``."""
-        from mqi.actions import case_status
+        from mqi.actions import all_case_statuses, case_status
 
         if case_id is not None:
             return case_status(self.store, self.store.require_case(case_id))
-        return [case_status(self.store, case) for case in self.store.list_cases()]
+        return all_case_statuses(self.store)
 
     def cancel(self, case_id: str) -> list[str]:
         """scancel the case's unfinished jobs; the case becomes cancelled. Returns the job ids."""

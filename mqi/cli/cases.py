@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from mqi.cli.common import (
     ConfigOption,
@@ -51,6 +50,8 @@ def doctor(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         print_json(checks_json(checks))
     else:
+        from rich.table import Table
+
         table = Table(title="mqi doctor")
         table.add_column("check")
         table.add_column("result")

@@ -7,9 +7,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from mqi.cli import views
 from mqi.cli.common import ConfigOption, JsonOption, config_path, handle_errors, out, print_json, session
 
 
@@ -67,10 +65,14 @@ def status(
     if as_json:
         print_json(data)
     elif case_id:
+        from mqi.cli import views
+
         out.print(views.case_detail(data))
     elif not data:
         out.print("no cases yet: `mqi submit CASE_DIR` or put folders in watch_dir for `mqi scan`")
     else:
+        from mqi.cli import views
+
         out.print(views.cases_table(data))
 
 
@@ -84,6 +86,8 @@ def queue(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     if not rows:
         out.print("no mqi jobs in the queue")
         return
+    from rich.table import Table
+
     table = Table(title="mqi jobs in Slurm")
     for column in ("job", "case", "step", "state", "reason", "node", "started"):
         table.add_column(column)
