@@ -210,9 +210,10 @@ class StorageSCP:
 
     def _on_rejected(self, event: Event) -> None:
         log.warning(
-            "dicom: association from %s (%s) rejected: caller not allowed",
+            "dicom: association from %s (%s) rejected: not an allowed caller, or not calling %s",
             _caller(event),
             event.assoc.requestor.address,
+            self.config.ae_title,
         )
 
     def _on_aborted(self, event: Event) -> None:
