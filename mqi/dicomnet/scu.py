@@ -92,14 +92,20 @@ def _connect_problem(host: str, port: int, timeout: float) -> str | None:
         return err.strerror or str(err)
 
 
-def _association_problem(assoc: object) -> str:
+def _association_problem(assoc: object, destination: DicomPeer, timeout: float) -> str:
+    """Why an association was not established, as one line starting with the destination."""
+    label = destination.label()
     if getattr(assoc, "is_rejected", False):
         primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
         reason = getattr(primitive, "reason_str", "") or "no reason given"
-        return f"association rejected: {reason}"
+        return f"{label}: association rejected: {reason}"
+    # pynetdicom reports a failed connection as an abort, without the reason: ask the socket layer.
+    problem = _connect_problem(destination.host, destination.port, timeout)
+    if problem is not None:
+        return f"cannot connect to {label}: {problem}"
     if getattr(assoc, "is_aborted", False):
-        return "association aborted by the peer"
-    return "association failed (no answer to A-ASSOCIATE)"
+        return f"{label}: association aborted by the peer"
+    return f"{label}: no answer to A-ASSOCIATE within {timeout:g} s"
 
 
 def _new_ae(calling_ae: str, timeout: float) -> AE:
@@ -127,10 +133,6 @@ def send_files(
     unsent = [FileStatus(item.path, None, item.problem or "not sent") for item in plan.items]
     if not plan.contexts:
         return outcome(False, "no readable DICOM file to send", unsent)
-    problem = _connect_problem(destination.host, destination.port, timeout)
-    if problem is not None:
-        return outcome(False, f"cannot connect to {label}: {problem}", unsent)
-
     ae = _new_ae(calling_ae, timeout)
     for sop_class, syntax in plan.contexts:
         ae.add_requested_context(sop_class, [syntax])
@@ -139,7 +141,7 @@ def send_files(
     except Exception as err:  # pynetdicom raises on a few socket errors too
         return outcome(False, f"cannot associate with {label}: {str(err).splitlines()[0]}", unsent)
     if not assoc.is_established:
-        return outcome(False, f"{label}: {_association_problem(assoc)}", unsent)
+        return outcome(False, _association_problem(assoc, destination, timeout), unsent)
 
     files: list[FileStatus] = []
     try:
@@ -179,9 +181,6 @@ def _store_one(assoc: object, item: _Item) -> FileStatus:
 def echo(destination: DicomPeer, *, calling_ae: str = "MQI", timeout: float = 10) -> tuple[bool, str]:
     """C-ECHO ``destination``: (answered with success, one line for `mqi doctor`)."""
     label = destination.label()
-    problem = _connect_problem(destination.host, destination.port, timeout)
-    if problem is not None:
-        return False, f"cannot connect to {label}: {problem}"
     ae = _new_ae(calling_ae, timeout)
     ae.add_requested_context(VERIFICATION)
     started = time.monotonic()
@@ -190,7 +189,7 @@ def echo(destination: DicomPeer, *, calling_ae: str = "MQI", timeout: float = 10
     except Exception as err:
         return False, f"cannot associate with {label}: {str(err).splitlines()[0]}"
     if not assoc.is_established:
-        return False, f"{label}: {_association_problem(assoc)}"
+        return False, _association_problem(assoc, destination, timeout)
     try:
         response = assoc.send_c_echo()
     finally:

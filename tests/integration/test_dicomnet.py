@@ -320,6 +320,9 @@ def test_storescp_receives_byte_identical_rt_doses(
     assert received.keys() == by_uid(doses).keys()
     for uid, path in by_uid(doses).items():
         assert dataset_bytes(received[uid]) == dataset_bytes(path)
+        sent_meta, got_meta = dcmread(path).file_meta, dcmread(received[uid]).file_meta
+        assert got_meta.TransferSyntaxUID == sent_meta.TransferSyntaxUID
+        assert got_meta.MediaStorageSOPClassUID == sent_meta.MediaStorageSOPClassUID
 
 
 def test_echo_reaches_storescp(storescp: tuple[DicomPeer, Path]) -> None:

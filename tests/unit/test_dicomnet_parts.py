@@ -153,3 +153,17 @@ def test_case_folder_holds_hard_links_named_by_hash(tmp_path: Path, synthetic) -
     assert spool.materialise(case) == folder  # idempotent
     spool.mark_handed(case)
     assert spool.handed_keys() == {case.key}
+
+
+def test_send_of_unreadable_files_reports_each_and_never_raises(tmp_path: Path) -> None:
+    from mqi.config import DicomPeer
+    from mqi.dicomnet import send_files
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not DICOM")
+    peer = DicomPeer(ae_title="PACS", host="127.0.0.1", port=9)
+    outcome = send_files(peer, [tmp_path / "missing.dcm", text])
+    assert not outcome.ok and outcome.reason == "no readable DICOM file to send"
+    assert outcome.files[0].detail == "no such file"
+    assert outcome.files[1].detail.startswith("not a DICOM file with file meta")
+    assert send_files(peer, []).reason == "nothing to send"
