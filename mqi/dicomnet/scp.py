@@ -271,7 +271,12 @@ class StorageSCP:
             key = decision.case.key
             if not decision.ready or self._retry_after.get(key, 0.0) > now:
                 continue
-            folder = self.spool.materialise(decision.case)
+            try:
+                folder = self.spool.materialise(decision.case)
+            except OSError as err:
+                log.error("dicom: cannot build the folder of case %s, retrying: %s", key, err.strerror or err)
+                self._retry_after[key] = now + HANDOVER_RETRY_SECONDS
+                continue
             log.info("dicom: case %s ready (%s), %d instances", key, decision.why, len(decision.case.members))
             try:
                 self.on_ready(folder)
@@ -284,10 +289,13 @@ class StorageSCP:
                 )
                 self._retry_after[key] = now + HANDOVER_RETRY_SECONDS
                 continue
-            self.spool.mark_handed(decision.case)
             with self._lock:
                 self._handed.add(key)
             self._retry_after.pop(key, None)
+            try:
+                self.spool.mark_handed(decision.case)
+            except OSError as err:  # this run will not hand it again; a restart might
+                log.error("dicom: cannot record the hand-over of case %s: %s", key, err.strerror or err)
             handed_now.append(folder)
         return handed_now
 

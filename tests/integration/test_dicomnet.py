@@ -350,3 +350,29 @@ def test_destination_refusing_our_ae_title_gives_the_reason(listener: Listener, 
         outcome.reason
         == f"MQI@127.0.0.1:{listener.port}: association rejected: Calling AE title not recognised"
     )
+
+
+def test_failed_hand_over_is_retried_later_and_recorded_only_when_it_worked(
+    tmp_path: Path, synthetic: Path
+) -> None:
+    now = [1000.0]
+    calls: list[Path] = []
+
+    def on_ready(folder: Path) -> None:
+        calls.append(folder)
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+
+    config = Listener(tmp_path).config
+    scp = StorageSCP(config, on_ready, clock=lambda: now[0])
+    with scp:
+        assert storescu(config.port, synthetic).returncode == 0
+        assert scp.check() == [] and len(calls) == 1
+        assert not list((config.spool_dir / "handed").iterdir())
+        now[0] += 30
+        assert scp.check() == [] and len(calls) == 1  # not before the retry delay
+        now[0] += 31
+        [folder] = scp.check()
+        assert calls == [folder, folder]
+        assert [p.name for p in (config.spool_dir / "handed").iterdir()] == [folder.name]
+        assert scp.check() == []
