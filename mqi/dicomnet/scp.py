@@ -267,7 +267,8 @@ class StorageSCP:
         """Hand every ready case over once; the case folders handed over now."""
         handed_now = []
         now = self.clock()
-        for decision in self.decisions():
+        decisions = self.decisions()
+        for decision in decisions:
             key = decision.case.key
             if not decision.ready or self._retry_after.get(key, 0.0) > now:
                 continue
@@ -297,6 +298,11 @@ class StorageSCP:
             except OSError as err:  # this run will not hand it again; a restart might
                 log.error("dicom: cannot record the hand-over of case %s: %s", key, err.strerror or err)
             handed_now.append(folder)
+        waiting = [d for d in decisions if d.case.key not in self._handed]
+        try:
+            self.spool.write_receiving(waiting)
+        except OSError as err:
+            log.debug("dicom: cannot write the receiving status: %s", err)
         return handed_now
 
     def wait(self, seconds: float) -> None:

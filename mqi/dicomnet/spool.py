@@ -4,6 +4,7 @@
 <spool>/received/<hash of study>/<hash of SOP instance>.dcm   every instance, stored once
 <spool>/cases/<case key>/RP_….dcm RS_….dcm CT_….dcm RD_….dcm   one ready case (hard links)
 <spool>/handed/<case key>                                      written after the case was handed over
+<spool>/receiving.json                                         cases not handed over yet, for `mqi status`
 ```
 
 Every name is a hash: no patient name or id appears in a path. Each instance is written to
@@ -25,7 +26,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from mqi.dicomnet.readiness import Arrival, CaseSet, Instance, SpoolIndex, describe
+from mqi.dicomnet.readiness import Arrival, CaseSet, Decision, Instance, SpoolIndex, describe
 from mqi.dicomnet.sop import PREFIX
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 NAME_HASH_LENGTH = 20
 TEMP_SUFFIX = ".tmp"
+RECEIVING_FILE = "receiving.json"
+RECEIVING_SCHEMA = "mqi.dicom-receiving/1"
 
 
 class SpoolFull(Exception):
@@ -169,3 +172,35 @@ class Spool:
             "doses": len(case.doses),
         }
         write_atomically(self.handed_dir / case.key, json.dumps(record).encode())
+
+    def write_receiving(self, decisions: list[Decision]) -> None:
+        """What the listener waits for, for other processes (`mqi status`); no UID or name."""
+        cases = [
+            {
+                "case": d.case.key,
+                "ready": d.ready,
+                "why": d.why,
+                "instances": len(d.case.members),
+                "ct_images": len(d.case.ct),
+                "doses": len(d.case.doses),
+            }
+            for d in decisions
+        ]
+        text = json.dumps({"schema": RECEIVING_SCHEMA, "cases": cases}, indent=1).encode()
+        path = self.root / RECEIVING_FILE
+        try:
+            if path.read_bytes() == text:
+                return
+        except OSError:
+            pass
+        write_atomically(path, text)
+
+
+def read_receiving(spool_dir: Path) -> list[dict[str, object]]:
+    """The cases a running listener has not handed over yet: case key, ready, why, counts."""
+    try:
+        data = json.loads((spool_dir / RECEIVING_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    cases = data.get("cases") if isinstance(data, dict) else None
+    return cases if isinstance(cases, list) else []

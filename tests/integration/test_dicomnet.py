@@ -22,7 +22,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from mqi.config import DicomConfig, DicomPeer, parse_config
-from mqi.dicomnet import StorageSCP, echo, send_files, serve
+from mqi.dicomnet import StorageSCP, echo, read_receiving, send_files, serve
 from mqi.intake import IntakeOptions, read_case
 from mqi.synthetic import build_case
 from tests.helpers import APTG
@@ -207,10 +207,14 @@ def test_aborted_half_send_never_ready_then_a_complete_send_is(tmp_path: Path, s
         time.sleep(0.05)
         assert node.scp.check() == []
         [decision] = node.scp.decisions()
-        assert decision.why.startswith(f"waiting for {len(ct) - len(ct) // 2} of {len(ct)} CT images")
+        waiting = f"waiting for {len(ct) - len(ct) // 2} of {len(ct)} CT images the structure set references"
+        assert decision.why == waiting
+        [shown] = read_receiving(node.config.spool_dir)  # what `mqi status` can show
+        assert shown["why"] == waiting and shown["ready"] is False
         assert storescu(node.port, synthetic).returncode == 0
         [folder] = node.scp.check()
         assert_case_is(folder, dicom_files(synthetic))
+        assert read_receiving(node.config.spool_dir) == []
 
 
 def test_unsupported_sop_class_is_refused_at_negotiation(listener: Listener, tmp_path: Path) -> None:
