@@ -130,6 +130,12 @@ def test_storescu_sends_the_aptg_case_which_is_handed_over_once(listener: Listen
     assert folder.parent == listener.config.spool_dir / "cases"
     assert_case_is(folder, dicom_files(aptg))
     assert "WTR" not in str(folder) and "test_LET" not in str(folder)
+    # Intake reads the spooled case as it reads the original folder (which needs the
+    # PatientID mismatch of this export allowed).
+    options = IntakeOptions.from_config(parse_config({"intake": {"allow_patient_id_mismatch": True}}))
+    result = read_case(folder, options)
+    assert result.valid, result.errors
+    assert result.case is not None and len(result.case.beams) == 2
     assert listener.scp.check() == []
     # The TPS sends the same case again: stored once, not a new case.
     again = storescu(listener.port, aptg)
