@@ -201,6 +201,7 @@ class Config(_Model):
     moqui: MoquiConfig = Field(default_factory=MoquiConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     poll: PollConfig = Field(default_factory=PollConfig)
+    dicom: DicomConfig | None = Field(None, description="DICOM networking (`mqi listen`); absent: off.")
 
     source: Path | None = Field(None, exclude=True, description="The file this was loaded from.")
 
@@ -295,3 +296,98 @@ def load_config(explicit: Path | None = None) -> Config:
 
 def example_config_text() -> str:
     return EXAMPLE_CONFIG.read_text(encoding="utf-8")
+
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(f"{value!r} is not an AE title (1-16 printable characters, no backslash)")
+    return value.strip()
+
+
+class DicomCaller(_Model):
+    """One sender allowed to open an association: its calling AE title and its address."""
+
+    ae: str = Field(description="Calling AE title of the sender (the TPS), exactly as it sends it.")
+    host: str = Field(
+        description="Its address: an IP address, a network such as 10.0.0.0/24, or a host name "
+        "(resolved when the listener starts)."
+    )
+
+    @field_validator("ae")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class DicomPeer(_Model):
+    """A DICOM node that results are sent to by C-STORE."""
+
+    ae_title: str = Field(description="Called AE title of the destination.")
+    host: str = Field(description="Host name or IP address of the destination.")
+    port: int = Field(ge=1, le=65535, description="Its DICOM port.")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    def label(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class SendRetry(_Model):
+    """Back-off between attempts to send results to a destination that failed."""
+
+    first_delay_seconds: float = Field(60, ge=0, description="Wait before the second attempt.")
+    factor: float = Field(2, ge=1, description="Each further wait is this many times the previous one.")
+    max_delay_seconds: float = Field(3600, ge=0, description="No wait is longer than this.")
+    max_attempts: int = Field(24, ge=1, description="Give up (send shown failed) after this many attempts.")
+
+
+class DicomConfig(_Model):
+    """DICOM networking: receive cases from the TPS (Storage SCP), send results back (SCU)."""
+
+    ae_title: str = Field("MQI", description="mqi's own AE title; associations calling another are refused.")
+    port: int = Field(11112, ge=1, le=65535, description="TCP port `mqi listen` accepts associations on.")
+    bind: str = Field(
+        "127.0.0.1",
+        description="Address to listen on. A TPS on another host needs the address of this "
+        "machine's interface (or 0.0.0.0); only callers in `allowed` are accepted either way.",
+    )
+    allowed: list[DicomCaller] = Field(
+        default_factory=list,
+        description="Senders accepted, as {ae, host} pairs; any other association is rejected "
+        "(calling AE title not recognised). Empty: `mqi listen` refuses to start.",
+    )
+    spool_dir: Path = Field(
+        Path("~/.local/state/mqi/dicom-spool"),
+        description="Received instances and the case folders built from them (keep it outside watch_dir).",
+    )
+    quiet_seconds: float = Field(
+        30,
+        ge=0,
+        description="A complete case is handed over once no instance of it came for this long "
+        "(or at once when the association that completed it is released).",
+    )
+    min_free_mb: float = Field(
+        200, ge=0, description='Below this much free space in the spool, C-STORE answers "out of resources".'
+    )
+    send_results_to: list[DicomPeer] = Field(
+        default_factory=list,
+        description="Destinations (TPS, PACS) receiving the RT Dose files by C-STORE.",
+    )
+    send_retry: SendRetry = Field(default_factory=SendRetry)
+    timeout_seconds: float = Field(
+        30, gt=0, description="Network timeout for connecting, association and each DIMSE reply."
+    )
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+Config.model_rebuild()  # `dicom` refers to DicomConfig, defined after Config

@@ -7,7 +7,8 @@ regenerate it with ``python -m mqi.configdoc > docs/config-reference.md``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -16,6 +17,8 @@ from mqi.config import Config
 
 
 def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "(required)"
     if field.default_factory is not None:
         value: Any = field.default_factory()  # type: ignore[call-arg]
     else:
@@ -33,14 +36,23 @@ def _type(field: FieldInfo) -> str:
     return text.replace("mqi.config.", "").replace("|", "or")
 
 
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model a key holds, also when optional or a list of them: it gets its own section."""
+    wrapped = get_origin(annotation) in (UnionType, Union, list)
+    for candidate in (annotation, *(get_args(annotation) if wrapped else ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _section(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
     nested = []
     rows = []
     for name, field in model.model_fields.items():
         if name == "source":
             continue
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        annotation = _section_model(field.annotation)
+        if annotation is not None:
             nested.append((name, annotation))
             continue
         rows.append(f"| `{prefix}{name}` | {_type(field)} | {_default(field)} | {field.description or ''} |")

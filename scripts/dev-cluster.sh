@@ -35,7 +35,7 @@ die() { say "ERROR: $*"; exit 1; }
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (it starts system daemons)"; }
 
 packages=(slurm-wlm slurmctld slurmd slurm-client slurmdbd munge mariadb-server
-  openssh-server openssh-client python3-venv dicom3tools procps)
+  openssh-server openssh-client python3-venv dicom3tools dcmtk procps)
 
 cmd_install() {
   need_root
