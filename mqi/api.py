@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mqi.config import Config, load_config
-from mqi.errors import one_line
+from mqi.errors import UsageError, one_line
 
 if TYPE_CHECKING:
     from mqi.actions import QueueRow
@@ -170,10 +170,24 @@ class Session:
 
     # -- following Slurm ----------------------------------------------------------------
     def poll(self) -> PollReport:
-        """One cycle: mirror Slurm into the database, bring finished results home."""
+        """One cycle: mirror Slurm into the database, bring finished results home, and send
+        delivered doses to the configured DICOM destinations."""
         from mqi.poll import Poller
 
-        return Poller(self.config, self.store, self.transport, log=self.log).poll_once()
+        report = Poller(self.config, self.store, self.transport, log=self.log).poll_once()
+        self._send_results(report.delivered)
+        return report
+
+    def _send_results(self, delivered: list[str]) -> None:
+        from mqi import sends
+
+        if not sends.destinations(self.config):
+            return
+        for case_id in delivered:
+            case = self.store.get_case(case_id)
+            if case is not None and case.results_dir:
+                sends.queue(self.store, self.config, case_id)
+        sends.send_due(self.store, self.config, log=self.log)
 
     def poll_until_done(
         self, *, timeout: float | None = None, on_cycle: Callable[[PollReport], None] | None = None
@@ -182,17 +196,61 @@ class Session:
         from mqi.poll import Poller, poll_until_done
 
         poller = Poller(self.config, self.store, self.transport, log=self.log)
+
+        def cycle(report: PollReport) -> None:
+            self._send_results(report.delivered)
+            if on_cycle is not None:
+                on_cycle(report)
+
         return poll_until_done(
-            poller,
-            timeout=timeout,
-            interval=self.config.poll.interval_seconds,
-            on_cycle=on_cycle or (lambda _report: None),
+            poller, timeout=timeout, interval=self.config.poll.interval_seconds, on_cycle=cycle
         )
+
+    def listen(self, *, should_stop: Callable[[], bool]) -> None:
+        """The DICOM Storage SCP (``dicom:``): each complete case received goes through the
+        same intake -> submit path as `mqi scan`, until ``should_stop()``."""
+        import threading
+
+        from mqi.dicomnet import StorageSCP
+
+        if self.config.dicom is None:
+            raise UsageError("no dicom: section in the config; see docs/dicom-networking.md")
+        scp = StorageSCP(self.config.dicom, self._hand_over)
+        scp.start()
+        self.log(
+            f"mqi listen: {self.config.dicom.ae_title} on {self.config.dicom.bind}:{self.config.dicom.port}"
+        )
+        try:
+            while not should_stop():
+                scp.check()
+                threading.Event().wait(0.5)
+        finally:
+            scp.stop()
+
+    def _hand_over(self, case_dir: Path) -> None:
+        """A case folder the listener completed: submitted like a scanned one. Runs on the
+        listener's thread, so it opens its own database connection and cluster connection."""
+        from mqi.submit import CaseRejected
+
+        with Session(self.config, log=self.log) as own:
+            try:
+                outcome = own.submit(case_dir)
+            except CaseRejected as rejected:
+                self.log(str(rejected))  # recorded as rejected, with its problems: handed over
+                return
+            self.log(f"received and submitted {outcome.case_id}")
 
     def run_service(self, *, interval: float | None = None, should_stop: Callable[[], bool]) -> None:
         """Scan and poll until ``should_stop()``; survives every per-case and per-cycle error."""
+        import threading
+
         every = interval or self.config.poll.interval_seconds
         self.log(f"mqi run: scanning {self.config.watch_dir} and polling every {every:.0f}s")
+        if self.config.dicom is not None and self.config.dicom.allowed:
+            listener = threading.Thread(
+                target=self.listen, kwargs={"should_stop": should_stop}, name="mqi-listen", daemon=True
+            )
+            listener.start()
         while not should_stop():
             for name, step in (("scan", self.scan), ("poll", self.poll)):
                 try:
@@ -213,11 +271,21 @@ class Session:
     # -- looking and acting -------------------------------------------------------------
     def status(self, case_id: str | None = None) -> Any:
         """One case's status document, or every case's (a list), as ``mqi status --json``."""
+        from mqi import sends
         from mqi.actions import all_case_statuses, case_status
 
-        if case_id is not None:
-            return case_status(self.store, self.store.require_case(case_id))
-        return all_case_statuses(self.store)
+        documents = (
+            [case_status(self.store, self.store.require_case(case_id))]
+            if case_id is not None
+            else all_case_statuses(self.store)
+        )
+        if sends.destinations(self.config):
+            found: dict[str, list[dict[str, object]]] = {}
+            for state in sends.states(self.store, [d["case_id"] for d in documents]):
+                found.setdefault(state.case_id, []).append(state.to_json())
+            for document in documents:
+                document["sends"] = found.get(document["case_id"], [])
+        return documents[0] if case_id is not None else documents
 
     def cancel(self, case_id: str) -> list[str]:
         """scancel the case's unfinished jobs; the case becomes cancelled. Returns the job ids."""

@@ -94,6 +94,23 @@ def run_checks(config: Config, transport: Transport) -> list[Check]:
         lambda out: f"{python}: mqi {out}",
         "install mqi on the cluster and set cluster.python (the post job runs python -m mqi.post)",
     )
+    return checks + dicom_checks(config)
+
+
+def dicom_checks(config: Config) -> list[Check]:
+    """With a ``dicom:`` section: the listener's port is free, each destination answers C-ECHO."""
+    if config.dicom is None:
+        return []
+    from mqi.dicomnet import echo, port_free
+
+    dicom = config.dicom
+    free, detail = port_free(dicom.bind, dicom.port)
+    checks = [
+        Check("dicom port", free, detail if free else f"{detail} — stop what uses it or set dicom.port")
+    ]
+    for peer in dicom.send_results_to:
+        answered, said = echo(peer, calling_ae=dicom.ae_title, timeout=dicom.timeout_seconds)
+        checks.append(Check(f"dicom destination {peer.label()}", answered, said))
     return checks
 
 

@@ -12,7 +12,7 @@ from mqi.cli.common import ConfigOption, JsonOption, config_path, handle_errors,
 
 
 def register(app: typer.Typer) -> None:
-    for command in (poll, status, queue, cancel, retry, top, logs, scan, run):
+    for command in (poll, status, queue, cancel, retry, top, logs, scan, run, listen):
         app.command()(handle_errors(command))
     cron_app = typer.Typer(help="Manage the crontab line that runs `mqi scan` and `mqi poll`.")
     cron_app.command("install")(handle_errors(cron_install))
@@ -197,6 +197,21 @@ def run(
     signal.signal(signal.SIGINT, request_stop)
     with session(config) as mqi:
         mqi.run_service(interval=interval, should_stop=lambda: stop["now"])
+
+
+def listen(config: ConfigOption = None) -> None:
+    """Receive cases from the TPS by DICOM (C-STORE) and submit each complete one (for systemd)."""
+    import signal
+
+    stop = {"now": False}
+
+    def request_stop(_signum: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    with session(config) as mqi:
+        mqi.listen(should_stop=lambda: stop["now"])
 
 
 def cron_install(

@@ -80,6 +80,10 @@ _ANY_OF = "(SELECT value FROM json_each(?))"
 _EVENT_FROM_ROW = "INSERT INTO events (at, case_id, entity, entity_key, field, old, new, reason) SELECT"
 
 
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def _json_list(values: Iterable[str]) -> str:
     return json.dumps(sorted(set(values)))
 
@@ -353,6 +357,14 @@ class Database:
             [*args, -1 if limit is None else limit],
         )
         return events[::-1]
+
+    def events_of_field(self, prefix: str, case_ids: Iterable[str] | None = None) -> list[Event]:
+        """Events whose field starts with ``prefix`` (e.g. ``send:``), oldest first."""
+        where, args = "field LIKE ? ESCAPE '\\'", [_like_prefix(prefix)]
+        if case_ids is not None:
+            where += f" AND case_id IN {_ANY_OF}"
+            args.append(_json_list(case_ids))
+        return self._records(Event, f"SELECT * FROM events WHERE {where} ORDER BY id", args)
 
     # -- cases
 

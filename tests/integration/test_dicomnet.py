@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 from mqi.config import DicomConfig, DicomPeer, parse_config
 from mqi.dicomnet import StorageSCP, echo, read_receiving, send_files, serve
 from mqi.intake import IntakeOptions, read_case
-from mqi.synthetic import build_case
+from mqi.testing.synthetic import build_case
 from tests.helpers import APTG
 
 pytestmark = pytest.mark.skipif(
@@ -102,7 +102,9 @@ def listener(tmp_path: Path) -> Iterator[Listener]:
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("synthetic") / "case"
-    subprocess.run([sys.executable, "-m", "mqi.synthetic", str(folder)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "mqi.testing.synthetic", str(folder)], check=True, capture_output=True
+    )
     return folder
 
 

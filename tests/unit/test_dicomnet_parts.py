@@ -16,7 +16,7 @@ from mqi.dicomnet.scu import next_attempt_delay, port_free
 from mqi.dicomnet.sop import status_text
 from mqi.dicomnet.spool import Spool, SpoolFull
 from mqi.errors import ConfigError
-from mqi.synthetic import build_case
+from mqi.testing.synthetic import build_case
 
 
 def test_dicom_is_off_unless_configured_and_defaults_are_explicit() -> None:

@@ -9,7 +9,7 @@ from pydicom import dcmread
 
 from mqi.dicomnet.readiness import Arrival, Instance, SpoolIndex, assemble, case_key, decide, describe
 from mqi.dicomnet.sop import CT_IMAGE, RT_DOSE, RT_ION_PLAN, RT_STRUCTURE_SET
-from mqi.synthetic import build_case
+from mqi.testing.synthetic import build_case
 
 QUIET = 30.0
 STUDY, FRAME, SERIES = "1.2.3", "1.2.3.9", "1.2.3.4"
