@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from mqi import slurm
 from mqi.chain import mark_cancelled, record_chain, submit_chain
+from mqi.clock import parse_utc
 from mqi.config import Config
 from mqi.errors import OperationalError, UsageError
 from mqi.slurm.backend import SlurmBackend
-from mqi.store import Beam, Case, Job, Store
+from mqi.store import IN_PROGRESS_CASE_STATUSES, Beam, Case, Job, Store
 from mqi.transport import RemoteFiles
 
 RETRYABLE_CASE_STATUSES = frozenset({"failed", "cancelled"})
@@ -66,18 +68,29 @@ def case_status(
 
 
 def cancel_case(store: Store, backend: SlurmBackend, case_id: str) -> list[str]:
-    """scancel every unfinished job of the case; the case and its open beams become cancelled."""
+    """scancel every unfinished job of the case; the case and its open beams become cancelled.
+
+    A case still ``submitting`` may have jobs that an interrupted submit queued before it
+    recorded them: those are found by name in Slurm and cancelled too.
+    """
     case = store.require_case(case_id)
     if case.status in ("completed", "rejected"):
         raise UsageError(f"case {case_id} is {case.status}; there is nothing to cancel")
     live = [job.job_id for job in store.list_jobs(case_id) if not job.finished]
-    if live:
+    unrecorded: list[str] = []
+    if case.status in IN_PROGRESS_CASE_STATUSES:
+        since = parse_utc(case.created_at) - timedelta(hours=1)
+        records, _ = backend.case_jobs(case.case_uid, since)
+        unrecorded = sorted(
+            {r.parent_id for r in records if slurm.phase_of(r)[0] not in slurm.TERMINAL} - set(live)
+        )
+    if live or unrecorded:
         try:
-            backend.cancel(live)
+            backend.cancel(live + unrecorded)
         except OperationalError as error:
             raise OperationalError(f"scancel failed for {case_id}: {error}") from None
     mark_cancelled(store, case_id, reason="mqi cancel", beam_reason="mqi cancel", job_ids=live)
-    return live
+    return live + unrecorded
 
 
 def retry_case(

@@ -166,5 +166,8 @@ def mark_cancelled(
             store.update_job(job_id, state="CANCELLED", finished=True, reason=reason)
         for beam in store.list_beams(case_id):
             if beam.status not in TERMINAL_BEAM_STATUSES:
-                store.update_beam(case_id, beam.number, status="cancelled", reason=beam_reason)
+                # Its job is finished for the mirror, so show Slurm's word for it here.
+                store.update_beam(
+                    case_id, beam.number, status="cancelled", reason=beam_reason, slurm_state="CANCELLED"
+                )
         store.update_case(case_id, status="cancelled", reason=reason)

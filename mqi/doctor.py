@@ -29,7 +29,7 @@ def _first_word(command: str) -> str:
 
 def run_checks(config: Config, transport: Transport) -> list[Check]:
     """Every check, in order; after a failed connection the cluster checks are skipped."""
-    checks = [Check("config", True, str(config.source or "defaults"))]
+    checks = [Check("config", True, str(config.source or "defaults")), *local_checks(config)]
     try:
         who = transport.run("id -un && hostname", timeout=30)
     except MqiError as err:
@@ -95,6 +95,23 @@ def run_checks(config: Config, transport: Transport) -> list[Check]:
         "install mqi on the cluster and set cluster.python (the post job runs python -m mqi.post)",
     )
     return checks + dicom_checks(config)
+
+
+PLACEHOLDER_HOSTS = ("example.org", "example.com", "example.net")
+
+
+def local_checks(config: Config) -> list[Check]:
+    """What the workstation itself needs: a real host, the folders cases come from and go to."""
+    checks = []
+    host = config.cluster.host or ""
+    if config.cluster.transport == "ssh" and (not host or host.endswith(PLACEHOLDER_HOSTS)):
+        checks.append(Check("cluster host", False, f"{host or '(none)'} is a placeholder: set cluster.host"))
+    for key, folder in (("watch_dir", config.watch_dir), ("results_dir", config.results_dir)):
+        if folder.is_dir():
+            checks.append(Check(key, True, str(folder)))
+        else:
+            checks.append(Check(key, False, f"{folder} does not exist: create it or set {key}"))
+    return checks
 
 
 def dicom_checks(config: Config) -> list[Check]:

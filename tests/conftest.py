@@ -100,6 +100,8 @@ def make_config(tmp_path: Path, cluster: dict[str, str], unique: str) -> Callabl
                 data.setdefault(section, {}).update(values)
             else:
                 data[section] = values
+        for folder in ("watch_dir", "results_dir"):  # a site has made these before it runs mqi
+            Path(data[folder]).mkdir(parents=True, exist_ok=True)
         return write_config(tmp_path / f"mqi-{transport}.yaml", data)
 
     return make

@@ -10,12 +10,14 @@ import typer
 
 from mqi.cli.common import (
     ConfigOption,
+    FormatOption,
     JsonOption,
     config_path,
     err,
     fail,
     handle_errors,
     out,
+    output_format,
     print_json,
     session,
 )
@@ -41,24 +43,22 @@ def init(
     out.print(f"wrote {target}: edit cluster, slurm and moqui, then run `mqi doctor`")
 
 
-def doctor(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+def doctor(config: ConfigOption = None, as_json: JsonOption = False, fmt: FormatOption = None) -> None:
     """Check config, connection, host key, workspace, Slurm, partition, engine and remote Python."""
+    from mqi.cli import views
     from mqi.doctor import checks_json
 
+    chosen = output_format(fmt, as_json)
     with session(config) as mqi:
         checks = mqi.doctor()
-    if as_json:
+    if chosen == "json":
         print_json(checks_json(checks))
     else:
-        from rich.table import Table
-
-        table = Table(title="mqi doctor")
-        table.add_column("check")
-        table.add_column("result")
-        table.add_column("detail", overflow="fold")
+        table = views.Rows("mqi doctor", ["check", "result", "detail"])
         for check in checks:
-            table.add_row(check.name, "[green]pass[/]" if check.ok else "[red]FAIL[/]", check.detail)
-        out.print(table)
+            table.rows.append([check.name, "pass" if check.ok else "FAIL", check.detail])
+            table.styles.append("green" if check.ok else "red")
+        views.emit(table, chosen, out)
     if not all(check.ok for check in checks):
         raise typer.Exit(1)
 

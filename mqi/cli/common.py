@@ -37,7 +37,25 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="Config file (default: $MQI_CONFIG, then ./mqi.yaml)."),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (= --format json).")]
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format", "-f", help="table (default; plain columns when not a terminal), tsv, csv or json."
+    ),
+]
+UtcOption = Annotated[bool, typer.Option("--utc", help="Show times in UTC instead of local time.")]
+
+
+def output_format(fmt: str | None, as_json: bool) -> str:
+    from mqi.cli.views import FORMATS
+    from mqi.errors import UsageError
+
+    chosen = "json" if as_json else (fmt or "table")
+    if chosen not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {chosen!r}")
+    return chosen
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 

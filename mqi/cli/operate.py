@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from mqi.cli.common import ConfigOption, JsonOption, config_path, handle_errors, out, print_json, session
+from mqi.cli.common import (
+    ConfigOption,
+    FormatOption,
+    JsonOption,
+    UtcOption,
+    config_path,
+    handle_errors,
+    out,
+    output_format,
+    print_json,
+    session,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -58,50 +69,50 @@ def status(
     case_id: Annotated[str | None, typer.Argument(help="One case (default: all cases).")] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
+    fmt: FormatOption = None,
+    utc: UtcOption = False,
 ) -> None:
     """Cases from the database (run `mqi poll` to refresh them)."""
+    from mqi.cli import views
+
+    chosen = output_format(fmt, as_json)
     with session(config) as mqi:
         data = mqi.status(case_id)
-    if as_json:
+    if chosen == "json":
         print_json(data)
     elif case_id:
-        from mqi.cli import views
-
-        out.print(views.case_detail(data))
-    elif not data:
+        if chosen == "table":
+            for line in views.case_lines(data, utc=utc):
+                sys.stdout.write(line + "\n")
+        views.emit(views.beams_rows(data, utc=utc), chosen, out)
+    elif not data and chosen == "table":
         out.print("no cases yet: `mqi submit CASE_DIR` or put folders in watch_dir for `mqi scan`")
     else:
-        from mqi.cli import views
-
-        out.print(views.cases_table(data))
+        views.emit(views.cases_rows(data), chosen, out)
 
 
-def queue(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+def queue(
+    config: ConfigOption = None, as_json: JsonOption = False, fmt: FormatOption = None, utc: UtcOption = False
+) -> None:
     """This tool's live jobs in Slurm (squeue), with pending reasons."""
+    from mqi.cli import views
+
+    chosen = output_format(fmt, as_json)
     with session(config) as mqi:
         rows = mqi.queue()
-    if as_json:
+    if chosen == "json":
         print_json([row.to_json() for row in rows])
         return
-    if not rows:
+    if not rows and chosen == "table":
         out.print("no mqi jobs in the queue")
         return
-    from rich.table import Table
-
-    table = Table(title="mqi jobs in Slurm")
-    for column in ("job", "case", "step", "state", "reason", "node", "started"):
-        table.add_column(column)
+    table = views.Rows("mqi jobs in Slurm", ["job", "case", "step", "state", "reason", "node", "started"])
     for row in rows:
-        table.add_row(
-            row.job_id,
-            row.case_id or "?",
-            row.step,
-            row.state,
-            row.reason or "",
-            row.node or "",
-            row.started or "",
+        started = views.slurm_moment(row.started, utc=utc)
+        table.rows.append(
+            [row.job_id, row.case_id or "?", row.step, row.state, row.reason or "", row.node or "", started]
         )
-    out.print(table)
+    views.emit(table, chosen, out)
 
 
 def cancel(case_id: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:

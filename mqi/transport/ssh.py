@@ -41,7 +41,7 @@ class SSHTransport:
         if not known_hosts.is_file():
             raise TransportError(
                 f"known_hosts file {known_hosts} does not exist: add the login node's key "
-                f"(ssh-keyscan -p PORT HOST >> {known_hosts}) or set cluster.known_hosts"
+                f"({_keyscan(cluster.port, cluster.host, known_hosts)}) or set cluster.known_hosts"
             )
         # An explicit OpenSSH config gives host aliases and ProxyJump; fabric reads it.
         ssh_config = cluster.ssh_config if cluster.ssh_config and cluster.ssh_config.is_file() else None
@@ -82,7 +82,7 @@ class SSHTransport:
             if "not found in known_hosts" in text:
                 raise TransportError(
                     f"{where} is not in {known_hosts}: add its key "
-                    f"(ssh-keyscan -p {connection.port} {connection.host} >> {known_hosts}) once verified"
+                    f"({_keyscan(connection.port, connection.host, known_hosts)}) once verified"
                 ) from None
             raise TransportError(f"SSH to {where} failed: {text}", transient=True) from None
         except TimeoutError:
@@ -210,3 +210,8 @@ class SSHTransport:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _keyscan(port: int | None, host: str, known_hosts: Path) -> str:
+    """The exact command that adds a host's key, to run once the key is verified."""
+    return f"ssh-keyscan -p {port or 22} {quote(host)} >> {quote(str(known_hosts))}"

@@ -48,6 +48,19 @@ def test_doctor_refuses_an_unknown_host(make_config: Callable[..., Path], tmp_pa
     code, report, _ = doctor(make_config(cluster={"known_hosts": str(known)}))
     assert code == 1
     assert "is not in" in failed(report)["connection"]
+    assert f"ssh-keyscan -p 2222 127.0.0.1 >> {known}" in failed(report)["connection"]
+
+
+def test_doctor_flags_a_placeholder_host_and_missing_folders(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = make_config(cluster={"host": "login.example.org"}, watch_dir=str(tmp_path / "nowhere"))
+    (tmp_path / "nowhere").rmdir()
+    code, report, _ = doctor(config)
+    assert code == 1
+    problems = failed(report)
+    assert "placeholder" in problems["cluster host"]
+    assert "does not exist" in problems["watch_dir"] and "results_dir" not in problems
 
 
 def test_doctor_reports_a_wrong_key(make_config: Callable[..., Path], tmp_path: Path) -> None:

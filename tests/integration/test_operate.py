@@ -105,6 +105,31 @@ def test_cancel_leaves_nothing_in_the_queue(make_config: Callable[..., Path], tm
     case = status_of(config, outcome["case_id"])
     assert case["status"] == "cancelled"
     assert {b["status"] for b in case["beams"]} == {"cancelled"}
+    assert {b["slurm_state"] for b in case["beams"]} == {"CANCELLED"}, "what Slurm says after a cancel"
+
+
+def test_cancel_of_a_submitting_case_finds_its_jobs_in_slurm(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A submit interrupted after sbatch: the store holds no live job, Slurm does."""
+    from mqi.store import Store
+
+    config = make_config(slurm={"extra_directives": ["--begin=now+600"]})
+    outcome = submit_json(config, small_case(tmp_path, "Interrupted"))
+    with Store(tmp_path / "state" / "mqi.db") as store:
+        for job in store.list_jobs(outcome["case_id"]):
+            store.update_job(job.job_id, finished=True)
+        store.update_case(outcome["case_id"], status="submitting")
+    result = run_mqi("cancel", outcome["case_id"], "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["cancelled_jobs"]) == 3
+    live = [
+        r
+        for step in slurm_jobs(outcome["case_uid"]).values()
+        for r in step
+        if slurm.phase_of(r)[0] not in slurm.TERMINAL
+    ]
+    assert live == []
 
 
 def test_overlapping_scans_and_a_poll_submit_each_case_once(
