@@ -35,7 +35,7 @@ EXIT_CODE_NAME = "exit_code"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ManifestGrid(_Strict):
@@ -51,18 +51,23 @@ class ManifestGrid(_Strict):
 class ManifestBeam(_Strict):
     array_index: int = Field(description="SLURM_ARRAY_TASK_ID of this beam's simulation task.")
     number: int = Field(description="DICOM BeamNumber.")
-    name: str
+    name: str = Field(
+        "",
+        exclude=True,
+        description="The beam's name, for the workstation only: never written to manifest.json "
+        "(the bundle is visible to every cluster user; MOQUI reads the name from the plan).",
+    )
     dir: str = Field(description="beams/<number>")
     meterset: float
 
 
 class Manifest(_Strict):
-    """Only opaque identities: the bundle is visible to every cluster user."""
+    """Only opaque identities and numbers: the bundle is visible to every cluster user, so
+    no plan label, beam name or file name from the case folder is written here."""
 
     format: int = MANIFEST_FORMAT
     case_uid: str
     plan_uid: str
-    plan_label: str
     fractions: int
     family: Literal["upstream", "logbased"]
     scorer: str
@@ -98,5 +103,5 @@ def read_manifest(bundle_dir: Path) -> Manifest:
 
 
 def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
-    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True, allow_nan=False) + "\n"
     (bundle_dir / MANIFEST_NAME).write_text(text, encoding="utf-8")

@@ -7,6 +7,7 @@ value machinery costs more than reading the header itself.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ class Header:
     dataset: Dataset
     sop_class_uid: str
     pixel_data: bool
+    # where the Pixel Data value starts in a plain little-endian file, and its declared
+    # length (None: encapsulated, or a big-endian/deflated file read whole)
+    pixel_offset: int | None = None
+    pixel_length: int | None = None
 
 
 def read_header(path: Path, *, force: bool = False) -> Header | None:
@@ -70,13 +75,36 @@ def read_header(path: Path, *, force: bool = False) -> Header | None:
             raise UnreadableDicom(_first_line(err)) from None
         size = os.fstat(fp.fileno()).st_size
         stopped_at = fp.tell()
-        pixel_data = stopped_at < size and _check_pixel_data(fp, dataset, stopped_at, size)
-        if not pixel_data:
-            _check_structure(fp, dataset, size)
+        pixel: tuple[int, int | None] | None = None
+        if _plain_little_endian(dataset):
+            pixel = _check_pixel_data(fp, dataset, stopped_at, size) if stopped_at < size else None
+            if pixel is None:
+                _check_structure(fp, dataset, size)
+        else:
+            pixel = _pixel_data_of_whole_file(fp, force)
     sop_class = text(dataset, SOP_CLASS_UID) or _meta_sop_class(dataset)
     if not sop_class:
         raise UnreadableDicom("not a DICOM file" if force else "not a DICOM object (no SOP Class UID)")
-    return Header(path, dataset, sop_class, pixel_data)
+    if pixel is None:
+        return Header(path, dataset, sop_class, False)
+    return Header(path, dataset, sop_class, True, *pixel)
+
+
+def _pixel_data_of_whole_file(fp: BinaryIO, force: bool) -> tuple[int, int | None] | None:
+    """Big-endian and deflated files: their framing cannot be walked byte by byte, so the
+    whole file is read (rare: most CTs are little endian). (offset, length) of the Pixel
+    Data, the offset unknown (-1); None when there is none."""
+    fp.seek(0)
+    try:
+        whole = dcmread(fp, force=force)
+    except (EOFError, struct.error) as err:
+        raise UnreadableDicom(f"ends early ({_first_line(err)})", truncated=True) from None
+    except Exception as err:  # pydicom raises many types on corrupt input
+        raise UnreadableDicom(_first_line(err)) from None
+    elem = whole.get("PixelData")
+    if elem is None or elem.value is None:
+        return None
+    return -1, None if elem.is_undefined_length else len(elem.value)
 
 
 def _first_line(err: BaseException) -> str:
@@ -105,12 +133,15 @@ def _plain_little_endian(dataset: Dataset) -> bool:
         return False
 
 
-def _check_pixel_data(fp: BinaryIO, dataset: Dataset, offset: int, size: int) -> bool:
-    """True when a Pixel Data element starts at ``offset`` and its declared value fits."""
+def _check_pixel_data(
+    fp: BinaryIO, dataset: Dataset, offset: int, size: int
+) -> tuple[int, int | None] | None:
+    """(value offset, value length or None when undefined) of a Pixel Data element that
+    starts at ``offset`` and whose declared value fits; None when there is none."""
     fp.seek(offset)
     head = fp.read(12)
     if len(head) < 8 or struct.unpack_from("<HH", head) != (0x7FE0, 0x0010):
-        return False
+        return None
     if _implicit(dataset):
         length, header = struct.unpack_from("<I", head, 4)[0], 8
     elif len(head) == 12:
@@ -120,14 +151,12 @@ def _check_pixel_data(fp: BinaryIO, dataset: Dataset, offset: int, size: int) ->
     if length != UNDEFINED and offset + header + length > size:
         missing = offset + header + length - size
         raise UnreadableDicom(f"pixel data is {missing} bytes short", truncated=True)
-    return True
+    return offset + header, None if length == UNDEFINED else length
 
 
 def _check_structure(fp: BinaryIO, dataset: Dataset, size: int) -> None:
     """Walk the element framing to the end of the file: pydicom silently accepts a
     file cut inside a sequence, which would hide beams or control points."""
-    if not _plain_little_endian(dataset):
-        return
     meta_length = dataset.file_meta.get("FileMetaInformationGroupLength")
     if meta_length is None:
         return
@@ -138,6 +167,8 @@ def _check_structure(fp: BinaryIO, dataset: Dataset, size: int) -> None:
         _walk(memoryview(buffer), start, size, explicit=not _implicit(dataset), until=None)
     except (struct.error, IndexError):
         raise UnreadableDicom("ends in the middle of an element", truncated=True) from None
+    except RecursionError:
+        raise UnreadableDicom("sequences nested too deeply to be a real DICOM object") from None
 
 
 def _walk(buf: memoryview, pos: int, end: int, *, explicit: bool, until: int | None) -> int:
@@ -241,6 +272,15 @@ def numbers(dataset: Dataset, tag: int) -> list[float] | None:
 def number(dataset: Dataset, tag: int) -> float | None:
     values = numbers(dataset, tag)
     return values[0] if values else None
+
+
+def number_or_nan(dataset: Dataset, tag: int) -> float | None:
+    """The first value of a DS/IS element; None when absent or empty, NaN when malformed
+    (so that a garbled value fails a finiteness check instead of passing as absent)."""
+    value = number(dataset, tag)
+    if value is None and texts(dataset, tag):
+        return math.nan
+    return value
 
 
 def unsigned_short(dataset: Dataset, tag: int) -> int | None:

@@ -34,7 +34,9 @@ class StructureInfo:
     patient_id: str | None
 
 
-def read_structure_set(header: Header, problems: Problems) -> StructureInfo | None:
+def read_structure_set(header: Header, problems: Problems, *, required: bool = False) -> StructureInfo | None:
+    """The structure set's ROIs and references; None (an error when ``required``, since the
+    engine would then be asked to read a structure set the bundle lacks) when unreadable."""
     ds = header.dataset
     try:
         structures = [
@@ -42,9 +44,13 @@ def read_structure_set(header: Header, problems: Problems) -> StructureInfo | No
             for roi in ds.get("StructureSetROISequence") or []
         ]
         series, images, frame = _references(ds)
-    except (AttributeError, TypeError, ValueError) as err:
-        problems.warn(
-            Code.DICOM_UNREADABLE, f"{problems.rel(header.path)}: cannot read ROIs: {err}", header.path
+    except (AttributeError, TypeError, ValueError, OverflowError) as err:
+        problems.add(
+            Code.RTSTRUCT_UNREADABLE if required else Code.DICOM_UNREADABLE,
+            f"{problems.rel(header.path)}: cannot read ROIs: {err}"
+            + ("; ReadStructure is true, so MOQUI needs a readable structure set" if required else ""),
+            header.path,
+            error=required,
         )
         return None
     return StructureInfo(
@@ -96,7 +102,11 @@ def check_structures(
                 "add the structure set",
             )
         return None
-    infos = [info for info in (read_structure_set(h, problems) for h in headers) if info is not None]
+    infos = [
+        info
+        for info in (read_structure_set(h, problems, required=required) for h in headers)
+        if info is not None
+    ]
     chosen = _choose(infos, checks, problems)
     if chosen is None:
         return None

@@ -35,6 +35,7 @@ from mqi.post.rtdose import (
     dose_dataset,
     dose_scaling,
 )
+from mqi.textsafe import json_safe
 
 SUMMARY_FORMAT = 1
 PLAN_FILE = "RD.plan.dcm"
@@ -48,10 +49,10 @@ def beam_file_name(number: int) -> str:
 
 @dataclass
 class BeamResult:
-    """One beam's line of the summary."""
+    """One beam's line of the summary: numbers and reasons only. No beam name: the summary
+    and the job log live on the cluster, where every user can read them."""
 
     number: int
-    name: str
     status: str
     reason: str | None
     exit_code: int | None
@@ -271,7 +272,7 @@ def _check_beams(bundle_dir: Path, manifest: Manifest, grid: DoseGrid) -> list[t
             shape_xyz,
             manifest.expected_output_bytes(),
         )
-        result = BeamResult(beam.number, beam.name, "completed", None, check.exit_code, check.engine_ms)
+        result = BeamResult(beam.number, "completed", None, check.exit_code, check.engine_ms)
         if check.reason:
             result.fail(check.reason)
         elif manifest.scorer.lower() != "dose":
@@ -370,7 +371,7 @@ def write_summary(results_dir: Path, summary: dict[str, Any]) -> Path:
     """``summary.json`` via a temporary file and a rename."""
     path = results_dir / SUMMARY_NAME
     partial = results_dir / (SUMMARY_NAME + ".partial")
-    partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    partial.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(partial, path)
     return path
 
@@ -395,7 +396,7 @@ def build_summary(
 
 def log_line(result: BeamResult) -> str:
     """One line per beam for the job log: numbers and reasons, never patient data."""
-    head = f"beam {result.number} ({result.name}): {result.status}"
+    head = f"beam {result.number}: {result.status}"
     if result.status != "completed":
         return f"{head}: {result.reason}"
     engine = f", engine {result.engine_ms:.0f} ms" if result.engine_ms is not None else ""
