@@ -306,7 +306,8 @@ def write_ct_slice(src: Path, dst: Path, label: str) -> bool:
         shutil.copyfile(src, dst)
         return False
     _shift_to_int16(ds, label)
-    ds.save_as(dst, enforce_file_format=True)
+    # force_encoding: a big-endian or deflated source is written as explicit VR little endian
+    pydicom.dcmwrite(dst, ds, implicit_vr=False, little_endian=True, force_encoding=True)
     return True
 
 

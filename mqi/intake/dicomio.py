@@ -101,8 +101,10 @@ def _pixel_data_of_whole_file(fp: BinaryIO, force: bool) -> tuple[int, int | Non
         raise UnreadableDicom(f"ends early ({_first_line(err)})", truncated=True) from None
     except Exception as err:  # pydicom raises many types on corrupt input
         raise UnreadableDicom(_first_line(err)) from None
-    elem = whole.get("PixelData")
-    if elem is None or elem.value is None:
+    if "PixelData" not in whole:
+        return None
+    elem = whole["PixelData"]
+    if elem.value is None:
         return None
     return -1, None if elem.is_undefined_length else len(elem.value)
 
@@ -289,9 +291,9 @@ def unsigned_short(dataset: Dataset, tag: int) -> int | None:
     if elem is None or elem.value is None:
         return None
     if isinstance(elem, RawDataElement):
-        if len(elem.value) < 2 or not elem.is_little_endian:
+        if len(elem.value) < 2:
             return None
-        return int(struct.unpack_from("<H", elem.value)[0])
+        return int(struct.unpack_from("<H" if elem.is_little_endian else ">H", elem.value)[0])
     try:
         return int(elem.value)
     except (TypeError, ValueError):

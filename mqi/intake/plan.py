@@ -366,6 +366,7 @@ class _PairIssues:
     energies: list[str] = field(default_factory=list)
     weights: list[str] = field(default_factory=list)
     positions: list[str] = field(default_factory=list)
+    cumulative: list[str] = field(default_factory=list)
 
 
 def _layers(points: list[Dataset], label: str, problems: Problems) -> tuple[list[EnergyLayer], bool]:
@@ -409,8 +410,18 @@ def _layers(points: list[Dataset], label: str, problems: Problems) -> tuple[list
             f"{label}: ScanSpotPositionMap must hold finite positions within "
             f"{MAX_SPOT_POSITION_MM:g} mm ({listing(issues.positions)})",
         )
+    if issues.cumulative:
+        problems.error(
+            Code.CUMULATIVE_METERSET_INVALID,
+            f"{label}: CumulativeMetersetWeight is not a finite number ({listing(issues.cumulative)})",
+        )
     consistent = not (
-        issues.not_paired or issues.spot_data or issues.energies or issues.weights or issues.positions
+        issues.not_paired
+        or issues.spot_data
+        or issues.energies
+        or issues.weights
+        or issues.positions
+        or issues.cumulative
     )
     return layers, consistent
 
@@ -450,7 +461,7 @@ def _layer(
         issues.not_paired.append(f"cumulative meterset weight decreases at control point {k + 1}")
     weight = end - start if start is not None and end is not None else _weights_sum(first)
     if not math.isfinite(weight):
-        issues.weights.append(f"control points {k} and {k + 1}: cumulative weights {start} and {end}")
+        issues.cumulative.append(f"control points {k} and {k + 1}: {start:g} and {end:g}")
         return None
     return EnergyLayer(energy_mev=energy_first, spots=spots, meterset_weight=max(weight, 0.0))
 
