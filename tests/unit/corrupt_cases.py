@@ -66,6 +66,10 @@ def one_slice(change: Callable[[Dataset], object], index: int = 3) -> Breaker:
     return lambda case: edit(case.ct[index], change)
 
 
+def _set(keyword: str, value: object) -> Callable[[Dataset], None]:
+    return lambda ds: setattr(ds, keyword, value)
+
+
 def _first_point(ds: Dataset) -> Dataset:
     return ds.IonBeamSequence[0].IonControlPointSequence[0]
 
@@ -75,7 +79,7 @@ def _set_first_point(keyword: str, value: object) -> Callable[[Dataset], None]:
 
 
 def _meterset(value: object) -> Callable[[Dataset], None]:
-    return lambda ds: setattr(ds.FractionGroupSequence[0].ReferencedBeamSequence[0], "BeamMeterset", value)
+    return lambda ds: _set("BeamMeterset", value)(ds.FractionGroupSequence[0].ReferencedBeamSequence[0])
 
 
 def _fractions(value: object) -> Callable[[Dataset], None]:
@@ -131,6 +135,10 @@ def _negative_beam_number(ds: Dataset) -> None:
     ds.FractionGroupSequence[0].ReferencedBeamSequence[0].ReferencedBeamNumber = -1
 
 
+def _huge(ds: Dataset) -> None:
+    ds.Rows = ds.Columns = 65535
+
+
 def _short_pixels(ds: Dataset) -> None:
     ds.PixelData = bytes(ds.PixelData)[: len(ds.PixelData) // 2]
 
@@ -174,6 +182,10 @@ def _one_slice(case: SyntheticCase) -> None:
         path.unlink()
 
 
+def _rtstruct(change: Callable[[Dataset], object]) -> Breaker:
+    return lambda case: edit(case.rtstruct, change)
+
+
 def _unreadable_rois(ds: Dataset) -> None:
     del ds.StructureSetROISequence[0].ROINumber
 
@@ -211,6 +223,11 @@ def transcoded(syntax: str) -> Breaker:
     return breaker
 
 
+def _signed_big_endian(case: SyntheticCase) -> None:
+    every_slice(_make_signed)(case)
+    transcoded(ExplicitVRBigEndian)(case)
+
+
 def _transcoded_then(syntax: str, change: Callable[[Dataset], object]) -> Breaker:
     first = transcoded(syntax)
 
@@ -235,6 +252,7 @@ def _garbage_pixels(ds: Dataset) -> None:
 def variants() -> list[Variant]:
     """Every invalid value the issue lists, once per relevant CT signedness."""
     nan, inf = float("nan"), float("inf")
+    iso = ["0", "nan", "0"]
     found = [
         Variant("meterset NaN", "BEAM_METERSET_INVALID", plan(_meterset("NaN"))),
         Variant("meterset inf", "BEAM_METERSET_INVALID", plan(_meterset("inf"))),
@@ -246,7 +264,7 @@ def variants() -> list[Variant]:
         Variant(
             "isocentre NaN",
             "BEAM_GEOMETRY_INVALID",
-            plan(_set_first_point("IsocenterPosition", ["0", "nan", "0"])),
+            plan(_set_first_point("IsocenterPosition", iso)),
         ),
         Variant("spot position NaN", "SPOT_POSITION_INVALID", plan(_positions(nan))),
         Variant("spot position inf", "SPOT_POSITION_INVALID", plan(_positions(inf))),
@@ -275,7 +293,7 @@ def variants() -> list[Variant]:
         Variant(
             "ReadStructure and unreadable ROIs",
             "RTSTRUCT_UNREADABLE",
-            lambda c: edit(c.rtstruct, _unreadable_rois),
+            _rtstruct(_unreadable_rois),
             read_structure=True,
         ),
     ]
@@ -289,61 +307,59 @@ def variants() -> list[Variant]:
             Variant(
                 f"PixelSpacing 0 ({kind})",
                 "CT_PIXEL_SPACING_INVALID",
-                every_slice(on(lambda ds: setattr(ds, "PixelSpacing", ["0", "0"]))),
+                every_slice(on(_set("PixelSpacing", ["0", "0"]))),
             ),
             Variant(
                 f"PixelSpacing negative ({kind})",
                 "CT_PIXEL_SPACING_INVALID",
-                every_slice(on(lambda ds: setattr(ds, "PixelSpacing", ["-2", "2"]))),
+                every_slice(on(_set("PixelSpacing", ["-2", "2"]))),
             ),
             Variant(
                 f"PixelSpacing NaN ({kind})",
                 "CT_PIXEL_SPACING_INVALID",
-                every_slice(on(lambda ds: setattr(ds, "PixelSpacing", ["nan", "2"]))),
+                every_slice(on(_set("PixelSpacing", ["nan", "2"]))),
             ),
             Variant(
                 f"SliceThickness 0 ({kind})",
                 "CT_SLICE_THICKNESS_INVALID",
-                every_slice(on(lambda ds: setattr(ds, "SliceThickness", "0"))),
+                every_slice(on(_set("SliceThickness", "0"))),
             ),
             Variant(
                 f"SliceThickness NaN ({kind})",
                 "CT_SLICE_THICKNESS_INVALID",
-                every_slice(on(lambda ds: setattr(ds, "SliceThickness", "nan"))),
+                every_slice(on(_set("SliceThickness", "nan"))),
             ),
             Variant(
                 f"RescaleSlope 0 ({kind})",
                 "CT_RESCALE_INVALID",
-                every_slice(on(lambda ds: setattr(ds, "RescaleSlope", "0"))),
+                every_slice(on(_set("RescaleSlope", "0"))),
             ),
             Variant(
                 f"RescaleSlope NaN ({kind})",
                 "CT_RESCALE_INVALID",
-                every_slice(on(lambda ds: setattr(ds, "RescaleSlope", "NaN"))),
+                every_slice(on(_set("RescaleSlope", "NaN"))),
             ),
             Variant(
                 f"RescaleIntercept inf ({kind})",
                 "CT_RESCALE_INVALID",
-                one_slice(on(lambda ds: setattr(ds, "RescaleIntercept", "inf"))),
+                one_slice(on(_set("RescaleIntercept", "inf"))),
             ),
             Variant(f"short pixel data ({kind})", "CT_PIXEL_DATA_LENGTH", one_slice(on(_short_pixels))),
             Variant(
                 f"Rows 65535 ({kind})",
                 "CT_SIZE_INVALID",
-                every_slice(on(lambda ds: setattr(ds, "Rows", 65535))),
+                every_slice(on(_set("Rows", 65535))),
             ),
             Variant(
                 f"Rows and Columns 65535 ({kind})",
                 "CT_SIZE_INVALID",
-                every_slice(on(lambda ds: (setattr(ds, "Rows", 65535), setattr(ds, "Columns", 65535)))),
+                every_slice(on(_huge)),
             ),
-            Variant(
-                f"Rows 0 ({kind})", "CT_SIZE_INVALID", every_slice(on(lambda ds: setattr(ds, "Rows", 0)))
-            ),
+            Variant(f"Rows 0 ({kind})", "CT_SIZE_INVALID", every_slice(on(_set("Rows", 0)))),
             Variant(
                 f"position NaN ({kind})",
                 "CT_POSITION_INVALID",
-                one_slice(on(lambda ds: setattr(ds, "ImagePositionPatient", ["0", "nan", "0"]))),
+                one_slice(on(_set("ImagePositionPatient", iso))),
             ),
             Variant(f"fake JPEG ({kind})", "CT_PIXEL_DATA_UNDECODABLE", one_slice(on(_fake_jpeg))),
             Variant(f"unknown transfer syntax ({kind})", REJECT, one_slice(on(_unknown_syntax))),
@@ -352,7 +368,7 @@ def variants() -> list[Variant]:
         Variant(
             "HU outside int16 (unsigned)",
             "CT_HU_RANGE",
-            every_slice(lambda ds: setattr(ds, "RescaleIntercept", "-40000")),
+            every_slice(_set("RescaleIntercept", "-40000")),
         ),
         Variant("big-endian CT", VALID, transcoded(ExplicitVRBigEndian)),
         Variant("deflated CT", VALID, transcoded(DeflatedExplicitVRLittleEndian)),
@@ -361,7 +377,7 @@ def variants() -> list[Variant]:
         Variant(
             "big-endian signed CT",
             VALID,
-            lambda c: (every_slice(_make_signed)(c), transcoded(ExplicitVRBigEndian)(c)),
+            _signed_big_endian,
         ),
     ]
     for syntax in (ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian, RLELossless):
