@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,9 +133,23 @@ def test_a_case_nested_1500_folders_deep_is_valid(pristine: SyntheticCase, tmp_p
         deep = deep / "d"
         deep.mkdir()
     relocate(pristine, deep / "d")
-    checked = mqi("check", "--json", tmp_path / "case")
-    assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr
-    assert strict_json(checked.stdout)["valid"] is True  # type: ignore[index]
+    try:
+        checked = mqi("check", "--json", tmp_path / "case")
+        assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr
+        assert strict_json(checked.stdout)["valid"] is True  # type: ignore[index]
+    finally:
+        remove_deep(tmp_path / "case")
+
+
+def remove_deep(top: Path) -> None:
+    """Remove a chain of nested ``d`` folders bottom-up: shutil.rmtree (and pytest's
+    clean-up of old temporary folders) recurses once per level."""
+    chain = [top]
+    while (chain[-1] / "d").is_dir():
+        chain.append(chain[-1] / "d")
+    shutil.rmtree(chain.pop())
+    for folder in reversed(chain):
+        folder.rmdir()
 
 
 def test_names_with_newlines_and_escapes_stay_one_quoted_line(
