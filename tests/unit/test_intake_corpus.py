@@ -94,7 +94,9 @@ def corpus(pristine: SyntheticCase) -> list[Corrupt]:
     return found
 
 
-def test_corpus_is_rejected_cleanly_and_whatever_passes_renders(pristine: SyntheticCase, tmp_path: Path) -> None:
+def test_corpus_is_rejected_cleanly_and_whatever_passes_renders(
+    pristine: SyntheticCase, tmp_path: Path
+) -> None:
     config = parse_config({"state_dir": str(tmp_path / "state")})
     items = corpus(pristine)
     assert len(items) >= 100
@@ -123,7 +125,7 @@ def test_corpus_is_rejected_cleanly_and_whatever_passes_renders(pristine: Synthe
             try:
                 render_bundle(result.case, config, tmp_path / f"bundle{index}")
             except Exception as err:  # render must accept every case intake accepted
-                failures.append(f"{item.name}: accepted by intake, refused by render: {type(err).__name__}: {err}")
+                failures.append(f"{item.name}: accepted, then refused by render: {type(err).__name__}: {err}")
     assert not failures, "\n".join(failures)
     assert accepted >= 5  # the valid encodings, at least
 
