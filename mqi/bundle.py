@@ -9,6 +9,7 @@ Layout of a bundle (paths relative to its root)::
     manifest.json
     input/                   flat DICOM dir for MOQUI (CT, RT Ion Plan, RTSTRUCT)
     tps/                     TPS RT Dose files, kept apart from MOQUI's input
+    delivery_logs/           machine logs under opaque names (log_0001.csv ...)
     beams/<number>/moqui_tps.in
     beams/<number>/output/   that beam's OutputDir (created by the engine)
     beams/<number>/exit_code engine exit code, written by simulate.sbatch

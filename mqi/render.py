@@ -2,9 +2,13 @@
 
 The bundle (layout in :mod:`mqi.bundle`) needs nothing else once copied to the cluster:
 ``input/`` (CT slices ``CT_0000.dcm``... sorted by z, ``RTPLAN.dcm``, ``RTSTRUCT.dcm``),
-``tps/`` (TPS RT Dose), ``delivery_logs/`` (machine logs, when the case has them),
-``beams/<number>/moqui_tps.in``, ``jobs/{prepare,simulate,post}.sbatch``,
-``jobs/submit.sh``, ``jobs/checksums.sha256`` and ``manifest.json``.
+``tps/`` (TPS RT Dose), ``delivery_logs/`` (the machine logs intake found, renamed
+``log_0001.csv``...; the original names are returned in ``RenderedBundle.delivery_logs``
+and never leave the workstation), ``beams/<number>/moqui_tps.in``,
+``jobs/{prepare,simulate,post}.sbatch``, ``jobs/submit.sh``, ``jobs/checksums.sha256``
+and ``manifest.json`` (opaque ids and numbers only). Only files intake classified are
+copied. The bundle is private (folders 0700, files 0600) and built in a staging folder
+that SIGTERM/SIGHUP remove and the next render sweeps after a SIGKILL.
 
 Rendering is pure and deterministic: the same case and config give a byte-identical
 bundle (no timestamps, sorted keys). It refuses, with a :class:`RenderError` naming the
