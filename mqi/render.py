@@ -57,6 +57,7 @@ from mqi.errors import UsageError
 from mqi.intake.model import Case, TPSDose
 from mqi.intake.pixels import INT16, int16_offset, is_plain, stored_pixels
 from mqi.shell import quote, split_words
+from mqi.textsafe import shell_quote_path
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "slurm"
 STEPS = ("prepare", "simulate", "post")
@@ -318,8 +319,13 @@ def write_ct_slice(src: Path, dst: Path, label: str) -> bool:
 def _copy_ct(case: Case, input_dir: Path) -> bool:
     normalised = False
     for index, src in enumerate(case.ct.files):
-        label = f"slice {index} ({src.name})"
-        normalised |= write_ct_slice(src, input_dir / f"CT_{index:04d}.dcm", label)
+        label = f"slice {index} ({shell_quote_path(src.name)})"
+        try:
+            normalised |= write_ct_slice(src, input_dir / f"CT_{index:04d}.dcm", label)
+        except (RenderError, OSError):
+            raise
+        except Exception as err:  # intake read the same file; this is a file it could not vet
+            raise RenderError(f"CT {label}: cannot be rewritten ({type(err).__name__}: {err})") from None
     return normalised
 
 

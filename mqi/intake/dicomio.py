@@ -153,7 +153,32 @@ def _check_pixel_data(
     if length != UNDEFINED and offset + header + length > size:
         missing = offset + header + length - size
         raise UnreadableDicom(f"pixel data is {missing} bytes short", truncated=True)
+    if length != UNDEFINED and offset + header + length < size:
+        _check_trailer(fp, offset + header + length, size, explicit=not _implicit(dataset))
     return offset + header, None if length == UNDEFINED else length
+
+
+PADDING = (0xFFFC, 0xFFFC)  # Data Set Trailing Padding: the one element allowed after Pixel Data
+
+
+def _check_trailer(fp: BinaryIO, start: int, size: int, *, explicit: bool) -> None:
+    """After a defined-length Pixel Data only trailing padding may follow: anything else
+    is damage that a full read would trip over (or silently take as a second image)."""
+    fp.seek(start)
+    tail = fp.read(size - start)
+    pos = 0
+    while pos < len(tail):
+        if len(tail) - pos < 8 or struct.unpack_from("<HH", tail, pos) != PADDING:
+            raise UnreadableDicom(f"{len(tail)} bytes of unexpected data after the pixel data")
+        if explicit:
+            if len(tail) - pos < 12:
+                raise UnreadableDicom("ends in the middle of an element", truncated=True)
+            length, pos = struct.unpack_from("<I", tail, pos + 8)[0], pos + 12
+        else:
+            length, pos = struct.unpack_from("<I", tail, pos + 4)[0], pos + 8
+        if length == UNDEFINED or pos + length > len(tail):
+            raise UnreadableDicom("ends in the middle of an element", truncated=True)
+        pos += length
 
 
 def _check_structure(fp: BinaryIO, dataset: Dataset, size: int) -> None:

@@ -242,6 +242,16 @@ def _transcoded_then(syntax: str, change: Callable[[Dataset], object]) -> Breake
     return breaker
 
 
+def _appended(tail: bytes) -> Breaker:
+    """Bytes after the Pixel Data element of one slice."""
+
+    def breaker(case: SyntheticCase) -> None:
+        with case.ct[3].open("ab") as handle:
+            handle.write(tail)
+
+    return breaker
+
+
 def _garbage_pixels(ds: Dataset) -> None:
     if ds.file_meta.TransferSyntaxUID.is_encapsulated:
         ds.PixelData = encapsulate([b"\x00\x01garbage"])
@@ -378,6 +388,20 @@ def variants() -> list[Variant]:
             "big-endian signed CT",
             VALID,
             _signed_big_endian,
+        ),
+    ]
+    found += [
+        Variant("text after the pixel data", REJECT, _appended(b"garbage!!")),
+        Variant(
+            "a second pixel data element", REJECT, _appended(b"\xe0\x7f\x10\x00OW\x00\x00\xff\xff\xff\xff")
+        ),
+        Variant(
+            "an element after the pixel data", REJECT, _appended(b"\x08\x00\x18\x00UI\x0a\x00" + b"1" * 10)
+        ),
+        Variant(
+            "trailing padding after the pixel data",
+            VALID,
+            _appended(b"\xfc\xff\xfc\xffOB\x00\x00\x04\x00\x00\x00abcd"),
         ),
     ]
     for syntax in (ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian, RLELossless):
