@@ -58,6 +58,7 @@ SPACING_TOLERANCE = 0.01  # relative, between neighbouring slices
 GAP_FACTOR = 1.5  # a step this many times the usual spacing is a missing slice
 MAX_CT_SIDE = 4096  # rows or columns: beyond this a slice is damage, not a CT (and exhausts memory)
 MAX_CT_SLICES = 4096
+MAX_CT_VOXELS = 2**31 - 1  # the engine indexes the grid with 32-bit integers
 MAX_COORDINATE_MM = 1e5  # 100 m: a position beyond this is a corrupt value
 MIN_SLICES = 2
 
@@ -181,11 +182,13 @@ def check_ct(all_slices: list[Slice], plan_frame: str | None, problems: Problems
             ordered[0].path,
         )
         return CTResult(None, slices)
-    if len(ordered) > MAX_CT_SLICES:
+    voxels = (rows or 0) * (columns or 0) * len(ordered)
+    if len(ordered) > MAX_CT_SLICES or voxels > MAX_CT_VOXELS:
         problems.error(
             Code.CT_SIZE_INVALID,
-            f"{_folder(ordered, problems)}: {len(ordered)} slices, more than the {MAX_CT_SLICES} "
-            "a CT can have; keep only the planning CT series",
+            f"{_folder(ordered, problems)}: {len(ordered)} slices of {rows} x {columns}, more than "
+            f"the {MAX_CT_SLICES} slices or {MAX_CT_VOXELS} voxels a dose grid can have; "
+            "keep only the planning CT series",
             ordered[0].path,
         )
         return CTResult(None, slices)

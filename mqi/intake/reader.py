@@ -20,7 +20,7 @@ from mqi.intake.model import Beam, Case, CTGrid, Plan, Problem, StructureSet, TP
 from mqi.intake.plan import PlanInfo, read_plan, select_plan
 from mqi.intake.problems import Problems, listing
 from mqi.intake.structures import StructureChecks, StructureInfo, check_structures
-from mqi.textsafe import escape_control, json_safe
+from mqi.textsafe import escape_control, json_safe, shell_quote_path
 
 DEFAULT_SETUP_BEAM_NAMES = ("SETUP", "Site Setup")
 DEFAULT_BODY_CONTOUR = "External"
@@ -85,6 +85,15 @@ class IntakeResult:
     @property
     def valid(self) -> bool:
         return not self.errors and self.case is not None
+
+    def rejection(self, case_dir: Path | None = None) -> str:
+        """The one line `mqi submit` shows for a rejected case: the first error with its
+        code, and the check command to see them all with the path quoted for a shell."""
+        first = self.errors[0] if self.errors else None
+        head = f"[{first.code}] {first.message}" if first else "invalid case"
+        more = f" and {len(self.errors) - 1} more" if len(self.errors) > 1 else ""
+        where = shell_quote_path(case_dir if case_dir is not None else self.source_dir)
+        return f"case rejected: {head}{more} (see `mqi check {where}`)"
 
     def to_json(self) -> dict[str, Any]:
         """The `mqi check --json` shape of DESIGN.md: strict JSON (no NaN or Infinity; names

@@ -186,6 +186,13 @@ def _rtstruct(change: Callable[[Dataset], object]) -> Breaker:
     return lambda case: edit(case.rtstruct, change)
 
 
+def _body_point_nan(ds: Dataset) -> None:
+    contour = ds.ROIContourSequence[0].ContourSequence[0]
+    points = list(contour.ContourData)
+    points[4] = "nan"
+    contour.ContourData = points
+
+
 def _unreadable_rois(ds: Dataset) -> None:
     del ds.StructureSetROISequence[0].ROINumber
 
@@ -304,6 +311,12 @@ def variants() -> list[Variant]:
             "ReadStructure and unreadable ROIs",
             "RTSTRUCT_UNREADABLE",
             _rtstruct(_unreadable_rois),
+            read_structure=True,
+        ),
+        Variant(
+            "ReadStructure and a NaN in the body contour",
+            "RTSTRUCT_UNREADABLE",
+            _rtstruct(_body_point_nan),
             read_structure=True,
         ),
     ]

@@ -178,3 +178,19 @@ def test_check_json_of_a_case_with_nan_values_is_strict_json(pristine: Synthetic
     checked = mqi("check", "--json", case.folder)
     assert "NaN" not in checked.stdout.replace("BeamMeterset is nan", "")
     strict_json(checked.stdout)
+
+
+def test_the_rejection_line_names_the_code_and_quotes_the_folder(
+    pristine: SyntheticCase, tmp_path: Path
+) -> None:
+    from mqi.intake import read_case
+
+    (zero,) = [v for v in ALL if v.name == "fractions 0"]
+    folder = tmp_path / "Case 1; $(touch x)"
+    case = relocate(pristine, folder)
+    zero.breaker(case)
+    line = read_case(folder).rejection()
+    assert line.startswith(
+        "case rejected: [PLAN_FRACTIONS_INVALID] RP_plan.dcm: NumberOfFractionsPlanned is 0"
+    )
+    assert line.endswith(f"(see `mqi check '{folder}'`)")
