@@ -356,6 +356,26 @@ def _copy_tps(case: Case, tps_dir: Path) -> list[str]:
     return names
 
 
+MOQUI_SETUP_NAME = "Setup"  # MOQUI skips a beam of this name: it must stay as it is
+
+
+def opaque_beam_name(position: int) -> str:
+    return f"beam{position + 1}"
+
+
+def write_plan(src: Path, dst: Path) -> None:
+    """The RT Ion Plan with opaque beam names (``beam1``, ``beam2`` by position).
+
+    MOQUI names its output files after the beams, in folders every cluster user can list,
+    and a planner's beam name can carry a patient's name; nothing else in the plan
+    changes (post and the RT Dose refer to beams by number)."""
+    ds = pydicom.dcmread(src)
+    for position, item in enumerate(ds.get("IonBeamSequence") or []):
+        if str(item.get("BeamName", "")) != MOQUI_SETUP_NAME:
+            item.BeamName = opaque_beam_name(position)
+    ds.save_as(dst)
+
+
 def opaque_log_name(index: int, original: Path) -> str:
     """``log_0001.csv``: a delivery log's name in the bundle carries no part of the
     original name (which often holds a patient id or name), only its order and suffix."""
@@ -387,7 +407,7 @@ def _copy_inputs(case: Case, root: Path) -> tuple[bool, list[str]]:
     input_dir.mkdir()
     tps_dir.mkdir()
     normalised = _copy_ct(case, input_dir)
-    shutil.copyfile(case.plan.path, input_dir / "RTPLAN.dcm")
+    write_plan(case.plan.path, input_dir / "RTPLAN.dcm")
     if case.structure_set is not None:
         shutil.copyfile(case.structure_set.path, input_dir / "RTSTRUCT.dcm")
     tps = _copy_tps(case, tps_dir)
@@ -565,15 +585,6 @@ def _fill(
     return manifest, logs
 
 
-def _beam_name_warnings(case: Case) -> list[str]:
-    return [
-        f"beam {beam.number}: its name holds '/', and MOQUI names its output file after the "
-        "beam: it will not be able to write it"
-        for beam in case.beams
-        if "/" in beam.name
-    ]
-
-
 def _check_target(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise RenderError(f"{out_dir} exists and is not a folder")
@@ -690,7 +701,7 @@ def render_bundle(
         path=out_dir,
         manifest=manifest,
         sbatch_lines=[lines[step] for step in STEPS],
-        warnings=[*engine.warnings, *_beam_name_warnings(case)],
+        warnings=list(engine.warnings),
         delivery_logs=logs,
     )
 

@@ -179,3 +179,29 @@ def test_a_live_renders_staging_folder_is_not_swept(tmp_path: Path) -> None:
     dead.mkdir()
     assert sweep_stale_staging(tmp_path) == [dead]
     assert live.is_dir()
+
+
+def test_after_engine_and_post_the_marker_is_only_inside_dicom(tmp_path: Path) -> None:
+    """What the cluster would hold after a run: the stand-in engine's output files (named
+    after the beams by MOQUI), its logs, results/summary.json and the post log."""
+    from mqi.post import postprocess_bundle
+    from tests.unit.engine_fixtures import Bundle, run_all_beams
+
+    folder = tmp_path / f"Case {MARKER}"
+    marked_case(folder)
+    result = read_case(folder, IntakeOptions())
+    assert result.case is not None
+    config = parse_config({"state_dir": str(tmp_path / "state")})
+    rendered = render_bundle(result.case, config, tmp_path / "bundle")
+    plan = pydicom.dcmread(rendered.path / "input" / "RTPLAN.dcm")
+    assert all(MARKER not in str(item.BeamName) for item in plan.IonBeamSequence)
+    run_all_beams(Bundle(rendered.path, rendered.manifest), process=False)
+    log = tmp_path / "post.log"
+    with log.open("w") as handle:
+        summary = postprocess_bundle(rendered.path, log=handle)
+    assert summary["plan_status"] == "completed"
+    assert MARKER not in log.read_text()
+    for path in rendered.path.rglob("*"):
+        assert MARKER not in path.name, path
+        if path.is_file() and not (path.suffix == ".dcm" and pydicom.misc.is_dicom(path)):
+            assert MARKER.encode() not in path.read_bytes(), path

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from mqi.config import Config
@@ -277,9 +278,8 @@ def test_broken_site_template_is_a_render_error(tmp_path: Path) -> None:
 
 
 @needs_aptg
-def test_a_slash_in_a_beam_name_is_a_warning(tmp_path: Path) -> None:
+def test_beam_names_in_the_bundle_are_opaque_so_a_slash_does_no_harm(tmp_path: Path) -> None:
     bundle = render_bundle(aptg_case(beam_names=["b1", "left/right"]), render_config(), tmp_path / "b")
-    assert bundle.warnings == [
-        "beam 2: its name holds '/', and MOQUI names its output file after the beam: "
-        "it will not be able to write it"
-    ]
+    assert bundle.warnings == []
+    plan = pydicom.dcmread(bundle.path / "input" / "RTPLAN.dcm")
+    assert [str(item.BeamName) for item in plan.IonBeamSequence] == ["beam1", "beam2"]
