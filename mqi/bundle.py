@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -54,12 +54,16 @@ class ManifestBeam(_Strict):
     number: int = Field(description="DICOM BeamNumber.")
     name: str = Field(
         "",
-        exclude=True,
-        description="The beam's name, for the workstation only: never written to manifest.json "
-        "(the bundle is visible to every cluster user; MOQUI reads the name from the plan).",
+        description='The beam\'s name, for the workstation only: manifest.json always holds "" '
+        "(the bundle is visible to every cluster user); the key stays for readers of format 1.",
     )
+
     dir: str = Field(description="beams/<number>")
     meterset: float
+
+    @field_serializer("name")
+    def _no_name(self, _name: str) -> str:
+        return ""
 
 
 class Manifest(_Strict):
@@ -69,6 +73,10 @@ class Manifest(_Strict):
     format: int = MANIFEST_FORMAT
     case_uid: str
     plan_uid: str
+    plan_label: str = Field(
+        "", description="Always empty: no label leaves the workstation; kept for readers of format 1."
+    )
+
     fractions: int
     family: Literal["upstream", "logbased"]
     scorer: str
@@ -79,6 +87,10 @@ class Manifest(_Strict):
     plan_file: str = Field(description="The RT Ion Plan inside input/.")
     tps_doses: list[str] = Field(default_factory=list, description="TPS RT Dose files under tps/.")
     files: dict[str, str] = Field(description="sha256 of every input file, by bundle-relative path.")
+
+    @field_serializer("plan_label")
+    def _no_label(self, _label: str) -> str:
+        return ""
 
     def expected_output_bytes(self) -> int:
         """Size of one beam's raw dose volume: float64 on the CT grid."""

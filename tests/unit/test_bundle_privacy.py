@@ -73,8 +73,8 @@ def test_no_name_from_the_case_reaches_the_bundle_outside_dicom(tmp_path: Path) 
         if not is_dicom:
             assert MARKER.encode() not in path.read_bytes(), f"{rel} carries the marker"
     manifest = json.loads((root / "manifest.json").read_text())
-    assert "plan_label" not in manifest
-    assert all(set(beam) == {"array_index", "number", "dir", "meterset"} for beam in manifest["beams"])
+    assert manifest["plan_label"] == ""  # the keys of format 1 stay, empty
+    assert [beam["name"] for beam in manifest["beams"]] == ["", ""]
 
     # only the classified files: three logs under opaque names, nothing else of the folder
     assert sorted(p.name for p in (root / "delivery_logs").iterdir()) == [
