@@ -194,3 +194,14 @@ def test_the_rejection_line_names_the_code_and_quotes_the_folder(
         "case rejected: [PLAN_FRACTIONS_INVALID] RP_plan.dcm: NumberOfFractionsPlanned is 0"
     )
     assert line.endswith(f"(see `mqi check '{folder}'`)")
+
+
+def test_scan_helpers_take_names_that_are_not_utf8(pristine: SyntheticCase, tmp_path: Path) -> None:
+    from mqi.config import Readiness
+    from mqi.intake import folder_fingerprint, is_ready
+
+    case = relocate(pristine, tmp_path / "case")
+    odd = Path(os.fsdecode(os.fsencode(case.folder) + b"/notes \xff.txt"))
+    odd.write_text("x")
+    assert len(folder_fingerprint(case.folder)) == 64
+    assert is_ready(case.folder, Readiness(quiet_seconds=0))[0]
