@@ -121,7 +121,6 @@ def build_bench_bundle(root: Path, rows: int, columns: int, slices: int, beams: 
     manifest = Manifest(
         case_uid="benchbenchbench0",
         plan_uid=case.plan_uid,
-        plan_label="BENCH",
         fractions=1,
         family="upstream",
         scorer="Dose",

@@ -9,6 +9,7 @@ Layout of a bundle (paths relative to its root)::
     manifest.json
     input/                   flat DICOM dir for MOQUI (CT, RT Ion Plan, RTSTRUCT)
     tps/                     TPS RT Dose files, kept apart from MOQUI's input
+    delivery_logs/           machine logs under opaque names (log_0001.csv ...)
     beams/<number>/moqui_tps.in
     beams/<number>/output/   that beam's OutputDir (created by the engine)
     beams/<number>/exit_code engine exit code, written by simulate.sbatch
@@ -25,7 +26,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from mqi.textsafe import json_safe
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -35,7 +38,7 @@ EXIT_CODE_NAME = "exit_code"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ManifestGrid(_Strict):
@@ -51,18 +54,31 @@ class ManifestGrid(_Strict):
 class ManifestBeam(_Strict):
     array_index: int = Field(description="SLURM_ARRAY_TASK_ID of this beam's simulation task.")
     number: int = Field(description="DICOM BeamNumber.")
-    name: str
+    name: str = Field(
+        "",
+        description='The beam\'s name, for the workstation only: manifest.json always holds "" '
+        "(the bundle is visible to every cluster user); the key stays for readers of format 1.",
+    )
+
     dir: str = Field(description="beams/<number>")
     meterset: float
 
+    @field_serializer("name")
+    def _no_name(self, _name: str) -> str:
+        return ""
+
 
 class Manifest(_Strict):
-    """Only opaque identities: the bundle is visible to every cluster user."""
+    """Only opaque identities and numbers: the bundle is visible to every cluster user, so
+    no plan label, beam name or file name from the case folder is written here."""
 
     format: int = MANIFEST_FORMAT
     case_uid: str
     plan_uid: str
-    plan_label: str
+    plan_label: str = Field(
+        "", description="Always empty: no label leaves the workstation; kept for readers of format 1."
+    )
+
     fractions: int
     family: Literal["upstream", "logbased"]
     scorer: str
@@ -73,6 +89,10 @@ class Manifest(_Strict):
     plan_file: str = Field(description="The RT Ion Plan inside input/.")
     tps_doses: list[str] = Field(default_factory=list, description="TPS RT Dose files under tps/.")
     files: dict[str, str] = Field(description="sha256 of every input file, by bundle-relative path.")
+
+    @field_serializer("plan_label")
+    def _no_label(self, _label: str) -> str:
+        return ""
 
     def expected_output_bytes(self) -> int:
         """Size of one beam's raw dose volume: float64 on the CT grid."""
@@ -98,7 +118,7 @@ def read_manifest(bundle_dir: Path) -> Manifest:
 
 
 def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
-    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True, allow_nan=False) + "\n"
     (bundle_dir / MANIFEST_NAME).write_text(text, encoding="utf-8")
 
 
@@ -155,4 +175,5 @@ def parse_summary(text: str) -> Summary:
 
 
 def summary_json(summary: Summary) -> str:
-    return json.dumps(summary.model_dump(mode="json"), indent=2) + "\n"
+    """Strict JSON: a value that is not a finite number is written as null."""
+    return json.dumps(json_safe(summary.model_dump(mode="json")), indent=2, allow_nan=False) + "\n"

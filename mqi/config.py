@@ -4,12 +4,21 @@ Resolution order for the file: ``--config FILE``, then ``$MQI_CONFIG``, then
 ``./mqi.yaml``. Unknown keys and wrong types are errors naming the key and the
 file. Local paths expand ``~`` and ``$VARS`` and are taken relative to the
 config file's folder, so a cron job and an interactive shell read the same paths.
+
+The file is UTF-8 YAML read with two changes to YAML 1.1: a key written twice is an
+error, and ``2:00:00`` is the string it looks like (not the base-60 number 7200).
+Values that reach job scripts may not hold control characters; numbers must be finite;
+an undefined ``$VAR`` in a path is an error, as is a file where a folder is needed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import shutil
+import stat
+import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,14 +32,29 @@ DEFAULT_CONFIG_NAME = "mqi.yaml"
 EXAMPLE_CONFIG = Path(__file__).parent / "templates" / "mqi.example.yaml"
 
 _SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
+# control characters that would split or corrupt a line of a job script (tab is harmless)
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_SCRIPT_SECTIONS = ("cluster", "slurm", "moqui")
+DIRECTORY_KEYS = ("watch_dir", "results_dir", "state_dir")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _expand(value: str) -> str:
     return os.path.expanduser(os.path.expandvars(value))
+
+
+def _time_value(value: Any) -> Any:
+    """A Slurm time must be written as text; a bare YAML number is refused with a hint."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            f'{value!r} is a number; write the time in quotes, e.g. "02:00:00" '
+            "(Slurm times are HH:MM:SS or D-HH:MM:SS)"
+        )
+    return value
 
 
 class Readiness(_Model):
@@ -125,6 +149,11 @@ class SlurmConfig(_Model):
         None, description="A folder of site job-script templates replacing the built-in ones."
     )
 
+    @field_validator("time_limit", "prepare_time_limit", "post_time_limit", mode="before")
+    @classmethod
+    def _slurm_time_text(cls, value: Any) -> Any:
+        return _time_value(value)
+
     @field_validator("time_limit", "prepare_time_limit", "post_time_limit")
     @classmethod
     def _slurm_time(cls, value: str) -> str:
@@ -138,6 +167,14 @@ class SlurmConfig(_Model):
         for item in value:
             if not item.startswith("--") or "\n" in item:
                 raise ValueError(f"{item!r} must be one long sbatch option such as --constraint=a100")
+        return value
+
+    @field_validator("prologue")
+    @classmethod
+    def _prologue_is_shell(cls, value: list[str]) -> list[str]:
+        problem = shell_syntax_problem("\n".join(value))
+        if problem:
+            raise ValueError(f"is not complete shell code ({problem}); close every quote and block")
         return value
 
     @model_validator(mode="after")
@@ -166,6 +203,14 @@ class MoquiConfig(_Model):
     dose_type: Literal["PHYSICAL", "EFFECTIVE"] = Field(
         "EFFECTIVE", description="DoseType of the RT Dose written (the engine applies RBE by default)."
     )
+
+    @field_validator("parameters")
+    @classmethod
+    def _finite_parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if _non_finite(item):
+                raise ValueError(f"{key}: {item!r} is not a finite number")
+        return value
 
 
 class IntakeConfig(_Model):
@@ -214,17 +259,122 @@ class Config(_Model):
         return self.state_dir / "bundles"
 
 
-def _resolve_paths(model: BaseModel, base: Path) -> None:
-    """Expand ~ and $VARS in every local Path field, relative to ``base``."""
+def _non_finite(value: Any) -> bool:
+    """A float, or text that reads as one (``1e999``, ``.nan``), that is not finite."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in (".inf", "-.inf", "+.inf", ".nan"):
+            return True
+        try:
+            return not math.isfinite(float(text))
+        except ValueError:
+            return False
+    return False
+
+
+def shell_syntax_problem(code: str) -> str | None:
+    """Why ``code`` is not complete shell code (an unclosed quote or block), or None.
+
+    ``bash -n`` parses without running anything; without bash, quotes are checked."""
+    if not code.strip():
+        return None
+    bash = shutil.which("bash")
+    if bash is not None:
+        try:
+            ran = subprocess.run(
+                [bash, "-n"], input=code + "\n", capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if ran.returncode != 0:
+            lines = [line for line in ran.stderr.splitlines() if line.strip()]
+            return lines[-1].split(": ", 1)[-1][:160] if lines else "bash -n failed"
+        return None
+    from mqi.shell import split_words
+
+    try:
+        split_words(": " + code, comments=True)  # ':' keeps an all-comment line from being empty
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _strings(value: Any, key: str) -> list[tuple[str, str]]:
+    """Every (key, text) inside a config value: keys and values of mappings, list items."""
+    if isinstance(value, BaseModel):
+        found = []
+        for name in type(value).model_fields:
+            found += _strings(getattr(value, name), f"{key}.{name}")
+        return found
+    if isinstance(value, dict):
+        found = []
+        for name, item in value.items():
+            found += [(f"{key}.{name}", str(name)), *_strings(item, f"{key}.{name}")]
+        return found
+    if isinstance(value, list | tuple):
+        found = []
+        for index, item in enumerate(value):
+            found += _strings(item, f"{key}[{index}]")
+        return found
+    if isinstance(value, str | Path):
+        return [(key, str(value))]
+    return []
+
+
+def _check_script_values(config: Config, source: str) -> None:
+    """No control character (NUL, newline, escape ...) in a value that reaches a script."""
+    for section in _SCRIPT_SECTIONS:
+        for key, text in _strings(getattr(config, section), section):
+            found = _CONTROL.search(text)
+            if found:
+                raise ConfigError(
+                    f"{source}: {key}: holds the control character {found.group()!r}; "
+                    "values written into job scripts must be one line of printable text"
+                )
+
+
+def _resolve_paths(model: BaseModel, base: Path, source: str, prefix: str = "") -> None:
+    """Expand ~ and $VARS in every local Path field, relative to ``base``; an undefined
+    variable is an error naming the key (it would otherwise become a folder name)."""
     for name in type(model).model_fields:
         value = getattr(model, name)
+        key = f"{prefix}{name}"
         if isinstance(value, Path) and name != "source":
-            path = Path(_expand(str(value)))
+            text = str(value)
+            undefined = [
+                match.group(0)
+                for match in _VARIABLE.finditer(text)
+                if match.group(1).strip("{}") not in os.environ
+            ]
+            if undefined:
+                raise ConfigError(
+                    f"{source}: {key}: {undefined[0]} is not set in the environment; "
+                    "set it (also for cron and systemd) or write the path out"
+                )
+            path = Path(_expand(text))
             if not path.is_absolute():
                 path = base / path
             object.__setattr__(model, name, path)
         elif isinstance(value, BaseModel):
-            _resolve_paths(value, base)
+            _resolve_paths(value, base, source, f"{key}.")
+
+
+def _check_directories(config: Config, source: str) -> None:
+    """A folder key must name a folder, or a path that can become one."""
+    keys = [*DIRECTORY_KEYS]
+    for key in keys:
+        path: Path = getattr(config, key)
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            where = "" if probe == path else f" ({probe} is a file)"
+            raise ConfigError(f"{source}: {key}: {path} is not a folder{where}; name a folder")
+    template_dir = config.slurm.template_dir
+    if template_dir is not None and template_dir.exists() and not template_dir.is_dir():
+        raise ConfigError(f"{source}: slurm.template_dir: {template_dir} is not a folder")
 
 
 def _format_location(loc: tuple[Any, ...]) -> str:
@@ -257,7 +407,9 @@ def parse_config(data: Any, source: str = "<config>", base: Path | None = None) 
         raise ConfigError(_format_validation_error(err, source)) from None
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
-    _resolve_paths(config, base or Path.cwd())
+    _check_script_values(config, source)
+    _resolve_paths(config, base or Path.cwd(), source)
+    _check_directories(config, source)
     return config
 
 
@@ -271,6 +423,95 @@ def find_config_file(explicit: Path | None = None) -> Path:
     return Path.cwd() / DEFAULT_CONFIG_NAME
 
 
+def load_optional_config(explicit: Path | None = None) -> Config | None:
+    """The config for commands that can run without one (``mqi check``): None only when
+    no ``--config`` is given, ``$MQI_CONFIG`` is unset and there is no ``./mqi.yaml``.
+    A ``--config`` or ``$MQI_CONFIG`` naming a missing file is a ConfigError."""
+    if (
+        explicit is None
+        and not os.environ.get(CONFIG_ENV)
+        and not (Path.cwd() / DEFAULT_CONFIG_NAME).exists()
+    ):
+        return None
+    return load_config(explicit)
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; a FIFO, device or folder is refused before it is opened."""
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe or device?)"
+        raise ConfigError(f"{path}: is {kind}; the config must be a YAML file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: is not UTF-8 text (byte {err.start} is {data[err.start : err.start + 1]!r}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1 base-60 numbers, refusing duplicate keys."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(
+        r"""^(?:[-+]?0b[0-1_]+
+        |[-+]?0[0-7_]+
+        |[-+]?(?:0|[1-9][0-9_]*)
+        |[-+]?0x[0-9a-fA-F_]+)$""",
+        re.X,
+    ),
+    list("-+0123456789"),
+)
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _construct_mapping(loader: _ConfigLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} is written twice (first on line {seen[key].start_mark.line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def load_config(explicit: Path | None = None) -> Config:
     """Load and validate the config; every failure is a ConfigError with one line."""
     path = find_config_file(explicit)
@@ -278,12 +519,9 @@ def load_config(explicit: Path | None = None) -> Config:
         raise ConfigError(
             f"no config file at {path}: create one with `mqi init`, or pass --config / set ${CONFIG_ENV}"
         )
+    text = _read_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

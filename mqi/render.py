@@ -2,9 +2,13 @@
 
 The bundle (layout in :mod:`mqi.bundle`) needs nothing else once copied to the cluster:
 ``input/`` (CT slices ``CT_0000.dcm``... sorted by z, ``RTPLAN.dcm``, ``RTSTRUCT.dcm``),
-``tps/`` (TPS RT Dose), ``delivery_logs/`` (machine logs, when the case has them),
-``beams/<number>/moqui_tps.in``, ``jobs/{prepare,simulate,post}.sbatch``,
-``jobs/submit.sh``, ``jobs/checksums.sha256`` and ``manifest.json``.
+``tps/`` (TPS RT Dose), ``delivery_logs/`` (the machine logs intake found, renamed
+``log_0001.csv``...; the original names are returned in ``RenderedBundle.delivery_logs``
+and never leave the workstation), ``beams/<number>/moqui_tps.in``,
+``jobs/{prepare,simulate,post}.sbatch``, ``jobs/submit.sh``, ``jobs/checksums.sha256``
+and ``manifest.json`` (opaque ids and numbers only). Only files intake classified are
+copied. The bundle is private (folders 0700, files 0600) and built in a staging folder
+that SIGTERM/SIGHUP remove and the next render sweeps after a SIGKILL.
 
 Rendering is pure and deterministic: the same case and config give a byte-identical
 bundle (no timestamps, sorted keys). It refuses, with a :class:`RenderError` naming the
@@ -32,8 +36,11 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +55,9 @@ from mqi.bundle import MANIFEST_NAME, Manifest, ManifestBeam, ManifestGrid, sha2
 from mqi.config import Config, MoquiConfig, Priority, SlurmConfig
 from mqi.errors import UsageError
 from mqi.intake.model import Case, TPSDose
+from mqi.intake.pixels import INT16, int16_offset, is_plain, stored_pixels
 from mqi.shell import quote, split_words
+from mqi.textsafe import shell_quote_path
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "slurm"
 STEPS = ("prepare", "simulate", "post")
@@ -66,7 +75,13 @@ OWNED_KEYS = (
 SCORERS = ("Dose", "LETd", "LETt", "Dij")
 OUTPUT_FORMATS = ("raw", "mhd", "mha", "npz")
 _CASE_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_INT16 = (-32768, 32767)
+_INT16 = INT16
+STAGING_SUFFIX = ".rendering"
+_STAGING = re.compile(r"^\..*\.(\d+)\.[^.]*\.rendering$|^\..*\.old-(\d+)$")
+DIR_MODE = 0o700  # bundles hold patient DICOM: private to the user
+FILE_MODE = 0o600
+SCRIPT_MODE = 0o700
+LOG_DIR = "delivery_logs"
 # Attributes whose VR (US or SS) follows PixelRepresentation: dropped when rewriting.
 _REPRESENTATION_BOUND = (
     "SmallestImagePixelValue",
@@ -88,6 +103,9 @@ class RenderedBundle:
     manifest: Manifest
     sbatch_lines: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # bundle path -> the original path (relative to the case folder) of each delivery log:
+    # the mapping stays on the workstation, only the opaque names are uploaded
+    delivery_logs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -236,16 +254,36 @@ def _ds_number(value: float) -> str:
     return "0" if text in ("-0", "0") else text
 
 
+def _ds_value(ds: pydicom.Dataset, keyword: str, default: float) -> float:
+    """A DS value as intake reads it: the default when absent or empty."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _shift_to_int16(ds: pydicom.Dataset, label: str) -> None:
-    """Rewrite pixels as signed int16 with the same HU (stored*slope + intercept)."""
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()
-    slope = float(ds.get("RescaleSlope", 1))
-    intercept = float(ds.get("RescaleIntercept", 0))
-    if slope == 0:
-        raise RenderError(f"CT {label}: RescaleSlope is 0")
-    offset = round(intercept / slope)
-    shifted = ds.pixel_array.astype(np.int64) + offset
+    """Rewrite pixels as signed int16, explicit VR little endian, with the same HU
+    (stored*slope + intercept): unsigned values are shifted, signed ones kept.
+
+    Intake decoded the same pixels with the same function (``stored_pixels``) and
+    checked the shift fits, so a RenderError here means a case that bypassed intake."""
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    try:
+        values = stored_pixels(ds)
+    except Exception as err:  # pydicom and its plugins raise many types
+        raise RenderError(f"CT {label}: pixel data cannot be decoded ({type(err).__name__}: {err})") from None
+    slope = _ds_value(ds, "RescaleSlope", 1.0)
+    intercept = _ds_value(ds, "RescaleIntercept", 0.0)
+    if slope == 0 or not np.isfinite(slope) or not np.isfinite(intercept):
+        raise RenderError(
+            f"CT {label}: RescaleSlope {slope:g} / RescaleIntercept {intercept:g} are not usable"
+        )
+    offset = 0 if signed else int16_offset(slope, intercept)
+    shifted = values + offset
     low, high = int(shifted.min()), int(shifted.max())
     if low < _INT16[0] or high > _INT16[1]:
         hu = (low * slope + intercept - offset * slope, high * slope + intercept - offset * slope)
@@ -254,30 +292,40 @@ def _shift_to_int16(ds: pydicom.Dataset, label: str) -> None:
             f"{slope:g}; MOQUI needs int16 CT pixels"
         )
     ds.PixelData = shifted.astype("<i2").tobytes()
+    ds["PixelData"].VR = "OW"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     ds.RescaleIntercept = _ds_number(intercept - offset * slope)
     ds.RescaleSlope = _ds_number(slope)
     for keyword in _REPRESENTATION_BOUND:
         if keyword in ds:
             delattr(ds, keyword)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
 
 
 def write_ct_slice(src: Path, dst: Path, label: str) -> bool:
-    """Copy one CT slice; rewrite it as signed int16 when it is not. True when rewritten."""
+    """Copy one CT slice; rewrite it as signed int16 explicit VR little endian when it is
+    not already plain little-endian signed 16-bit. True when rewritten."""
     ds = pydicom.dcmread(src)
-    if ds.get("PixelRepresentation") == 1 and ds.get("BitsAllocated") == 16:
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) or None
+    if ds.get("PixelRepresentation") == 1 and ds.get("BitsAllocated") == 16 and is_plain(syntax):
         shutil.copyfile(src, dst)
         return False
     _shift_to_int16(ds, label)
-    ds.save_as(dst)
+    # force_encoding: a big-endian or deflated source is written as explicit VR little endian
+    pydicom.dcmwrite(dst, ds, implicit_vr=False, little_endian=True, force_encoding=True)
     return True
 
 
 def _copy_ct(case: Case, input_dir: Path) -> bool:
     normalised = False
     for index, src in enumerate(case.ct.files):
-        label = f"slice {index} ({src.name})"
-        normalised |= write_ct_slice(src, input_dir / f"CT_{index:04d}.dcm", label)
+        label = f"slice {index} ({shell_quote_path(src.name)})"
+        try:
+            normalised |= write_ct_slice(src, input_dir / f"CT_{index:04d}.dcm", label)
+        except (RenderError, OSError):
+            raise
+        except Exception as err:  # intake read the same file; this is a file it could not vet
+            raise RenderError(f"CT {label}: cannot be rewritten ({type(err).__name__}: {err})") from None
     return normalised
 
 
@@ -308,26 +356,61 @@ def _copy_tps(case: Case, tps_dir: Path) -> list[str]:
     return names
 
 
-def _copy_logs(log_dir: Path | None, root: Path) -> None:
-    if log_dir is None:
-        return
-    for src in sorted(path for path in log_dir.rglob("*") if path.is_file()):
-        dst = root / "delivery_logs" / src.relative_to(log_dir)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+MOQUI_SETUP_NAME = "Setup"  # MOQUI skips a beam of this name: it must stay as it is
+
+
+def opaque_beam_name(position: int) -> str:
+    return f"beam{position + 1}"
+
+
+def write_plan(src: Path, dst: Path) -> None:
+    """The RT Ion Plan with opaque beam names (``beam1``, ``beam2`` by position).
+
+    MOQUI names its output files after the beams, in folders every cluster user can list,
+    and a planner's beam name can carry a patient's name; nothing else in the plan
+    changes (post and the RT Dose refer to beams by number)."""
+    ds = pydicom.dcmread(src)
+    for position, item in enumerate(ds.get("IonBeamSequence") or []):
+        if str(item.get("BeamName", "")) != MOQUI_SETUP_NAME:
+            item.BeamName = opaque_beam_name(position)
+    ds.save_as(dst)
+
+
+def opaque_log_name(index: int, original: Path) -> str:
+    """``log_0001.csv``: a delivery log's name in the bundle carries no part of the
+    original name (which often holds a patient id or name), only its order and suffix."""
+    suffix = original.suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", original.suffix) else ""
+    return f"log_{index:04d}{suffix}"
+
+
+def _copy_logs(case: Case, root: Path) -> dict[str, str]:
+    """Only the delivery-log files intake found, under opaque names; returns the mapping
+    bundle path -> original path relative to the case folder (kept on the workstation)."""
+    mapping: dict[str, str] = {}
+    if not case.log_files:
+        return mapping
+    (root / LOG_DIR).mkdir()
+    for index, src in enumerate(sorted(case.log_files), start=1):
+        name = f"{LOG_DIR}/{opaque_log_name(index, src)}"
+        shutil.copyfile(src, root / name)
+        try:
+            original = src.relative_to(case.source_dir).as_posix()
+        except ValueError:
+            original = str(src)
+        mapping[name] = original
+    return mapping
 
 
 def _copy_inputs(case: Case, root: Path) -> tuple[bool, list[str]]:
-    """input/ (CT, plan, structures), tps/ and delivery_logs/; returns (normalised, tps)."""
+    """input/ (CT, plan, structures) and tps/; returns (normalised, tps)."""
     input_dir, tps_dir = root / "input", root / "tps"
     input_dir.mkdir()
     tps_dir.mkdir()
     normalised = _copy_ct(case, input_dir)
-    shutil.copyfile(case.plan.path, input_dir / "RTPLAN.dcm")
+    write_plan(case.plan.path, input_dir / "RTPLAN.dcm")
     if case.structure_set is not None:
         shutil.copyfile(case.structure_set.path, input_dir / "RTSTRUCT.dcm")
     tps = _copy_tps(case, tps_dir)
-    _copy_logs(case.log_dir, root)
     return normalised, tps
 
 
@@ -418,10 +501,21 @@ def _check_case(case: Case) -> None:
         raise RenderError(f"case {case.case_id}: beam numbers {numbers} are not unique and >= 0")
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
+def _write(path: Path, text: str, mode: int = FILE_MODE) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text.encode("utf-8"))
     path.chmod(mode)
+
+
+def _make_private(root: Path) -> None:
+    """Folders 0700, files 0600 (scripts 0700): the bundle holds patient DICOM."""
+    root.chmod(DIR_MODE)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), DIR_MODE)
+        for name in files:
+            path = os.path.join(folder, name)
+            os.chmod(path, SCRIPT_MODE if os.stat(path).st_mode & 0o100 else FILE_MODE)
 
 
 def _checksums(root: Path) -> dict[str, str]:
@@ -457,7 +551,6 @@ def _manifest(
     return Manifest(
         case_uid=case.case_uid,
         plan_uid=case.plan.sop_instance_uid,
-        plan_label=case.plan.label,
         fractions=case.plan.fractions,
         family=config.moqui.family,
         scorer=engine.scorer,
@@ -473,29 +566,23 @@ def _manifest(
 
 def _fill(
     root: Path, case: Case, config: Config, engine: EngineSettings, scripts: dict[str, str]
-) -> Manifest:
-    """Write every file of the bundle into ``root``."""
+) -> tuple[Manifest, dict[str, str]]:
+    """Write every file of the bundle into ``root``; returns the manifest and the
+    delivery-log name mapping."""
     normalised, tps = _copy_inputs(case, root)
+    logs = _copy_logs(case, root)
     for beam in case.beams:
         text = moqui_input_text(case.case_uid, beam.number, engine)
         _write(root / "beams" / str(beam.number) / "moqui_tps.in", text)
     for name, text in scripts.items():
-        _write(root / "jobs" / name, text, 0o755)
+        _write(root / "jobs" / name, text, SCRIPT_MODE)
     (root / "logs").mkdir()
     files = _checksums(root)
     _write(root / CHECKSUMS_NAME, "".join(f"{h}  {p}\n" for p, h in sorted(files.items())))
     manifest = _manifest(case, config, engine, normalised, tps, files)
     write_manifest(root, manifest)
-    return manifest
-
-
-def _beam_name_warnings(case: Case) -> list[str]:
-    return [
-        f"beam {beam.number}: its name holds '/', and MOQUI names its output file after the "
-        "beam: it will not be able to write it"
-        for beam in case.beams
-        if "/" in beam.name
-    ]
+    _make_private(root)
+    return manifest, logs
 
 
 def _check_target(out_dir: Path) -> None:
@@ -516,13 +603,78 @@ def _publish(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(old)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_staging(parent: Path) -> list[Path]:
+    """Remove the staging and replaced-bundle folders that a killed render (SIGKILL, power
+    loss) left in ``parent``: hidden folders named with the pid of a process that is gone.
+    Returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        found = _STAGING.match(entry.name)
+        if not found or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid = int(found.group(1) or found.group(2))
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+class RenderInterrupted(BaseException):
+    """SIGTERM or SIGHUP arrived while a bundle was being written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into an exception while rendering, so the staging folder is
+    removed on the way out; the signal is then delivered again with its old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = (signal.SIGTERM, signal.SIGHUP)
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise RenderInterrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in caught}
+    try:
+        yield
+    except RenderInterrupted as interrupted:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        previous = {}
+        signal.raise_signal(interrupted.signum)
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def render_bundle(
     case: Case, config: Config, out_dir: Path, *, priority: str | None = None
 ) -> RenderedBundle:
     """Render ``case`` into the bundle folder ``out_dir`` (created; an older bundle is replaced).
 
     The config and case checks run before anything is written, and the bundle is built in
-    a staging folder that is removed on any error: a RenderError leaves no trace.
+    a private staging folder that is removed on any error and on SIGTERM/SIGHUP; folders
+    that a killed render left behind are swept first. A RenderError leaves no trace.
     """
     _check_case(case)
     chosen = resolve_priority(config.slurm, priority)
@@ -530,20 +682,27 @@ def render_bundle(
     scripts = render_scripts(case, config, engine, chosen)
     out_dir = Path(out_dir).absolute()
     _check_target(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".rendering", dir=out_dir.parent))
-    try:
-        staging.chmod(0o755)
-        manifest = _fill(staging, case, config, engine, scripts)
-        _publish(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    sweep_stale_staging(out_dir.parent)
+    with _terminate_cleanly():
+        staging = Path(
+            tempfile.mkdtemp(
+                prefix=f".{out_dir.name}.{os.getpid()}.", suffix=STAGING_SUFFIX, dir=out_dir.parent
+            )
+        )
+        try:
+            staging.chmod(DIR_MODE)
+            manifest, logs = _fill(staging, case, config, engine, scripts)
+            _publish(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     lines = slurm_syntax.sbatch_submit_lines(chosen, config.slurm.max_parallel_beams)
     return RenderedBundle(
         path=out_dir,
         manifest=manifest,
         sbatch_lines=[lines[step] for step in STEPS],
-        warnings=[*engine.warnings, *_beam_name_warnings(case)],
+        warnings=list(engine.warnings),
+        delivery_logs=logs,
     )
 
 

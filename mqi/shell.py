@@ -19,9 +19,9 @@ def quote(value: object) -> str:
     return shlex.quote(str(value))
 
 
-def split_words(command: str) -> list[str]:
+def split_words(command: str, *, comments: bool = False) -> list[str]:
     """A command from the config as a word list; ValueError when unbalanced or empty."""
-    words = shlex.split(command, comments=False, posix=True)
+    words = shlex.split(command, comments=comments, posix=True)
     if not words:
         raise ValueError("is empty")
     return words

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "mqi.errors": 0,
     "mqi.shell": 0,
     "mqi.clock": 0,
+    "mqi.textsafe": 0,
     "mqi.locks": 0,
     "mqi.retrying": 0,
     "mqi.moqui_params": 0,

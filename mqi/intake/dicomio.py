@@ -7,6 +7,7 @@ value machinery costs more than reading the header itself.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ class Header:
     dataset: Dataset
     sop_class_uid: str
     pixel_data: bool
+    # where the Pixel Data value starts in a plain little-endian file, and its declared
+    # length (None: encapsulated, or a big-endian/deflated file read whole)
+    pixel_offset: int | None = None
+    pixel_length: int | None = None
 
 
 def read_header(path: Path, *, force: bool = False) -> Header | None:
@@ -70,13 +75,38 @@ def read_header(path: Path, *, force: bool = False) -> Header | None:
             raise UnreadableDicom(_first_line(err)) from None
         size = os.fstat(fp.fileno()).st_size
         stopped_at = fp.tell()
-        pixel_data = stopped_at < size and _check_pixel_data(fp, dataset, stopped_at, size)
-        if not pixel_data:
-            _check_structure(fp, dataset, size)
+        pixel: tuple[int, int | None] | None = None
+        if _plain_little_endian(dataset):
+            pixel = _check_pixel_data(fp, dataset, stopped_at, size) if stopped_at < size else None
+            if pixel is None:
+                _check_structure(fp, dataset, size)
+        else:
+            pixel = _pixel_data_of_whole_file(fp, force)
     sop_class = text(dataset, SOP_CLASS_UID) or _meta_sop_class(dataset)
     if not sop_class:
         raise UnreadableDicom("not a DICOM file" if force else "not a DICOM object (no SOP Class UID)")
-    return Header(path, dataset, sop_class, pixel_data)
+    if pixel is None:
+        return Header(path, dataset, sop_class, False)
+    return Header(path, dataset, sop_class, True, *pixel)
+
+
+def _pixel_data_of_whole_file(fp: BinaryIO, force: bool) -> tuple[int, int | None] | None:
+    """Big-endian and deflated files: their framing cannot be walked byte by byte, so the
+    whole file is read (rare: most CTs are little endian). (offset, length) of the Pixel
+    Data, the offset unknown (-1); None when there is none."""
+    fp.seek(0)
+    try:
+        whole = dcmread(fp, force=force)
+    except (EOFError, struct.error) as err:
+        raise UnreadableDicom(f"ends early ({_first_line(err)})", truncated=True) from None
+    except Exception as err:  # pydicom raises many types on corrupt input
+        raise UnreadableDicom(_first_line(err)) from None
+    if "PixelData" not in whole:
+        return None
+    elem = whole["PixelData"]
+    if elem.value is None:
+        return None
+    return -1, None if elem.is_undefined_length else len(elem.value)
 
 
 def _first_line(err: BaseException) -> str:
@@ -105,12 +135,15 @@ def _plain_little_endian(dataset: Dataset) -> bool:
         return False
 
 
-def _check_pixel_data(fp: BinaryIO, dataset: Dataset, offset: int, size: int) -> bool:
-    """True when a Pixel Data element starts at ``offset`` and its declared value fits."""
+def _check_pixel_data(
+    fp: BinaryIO, dataset: Dataset, offset: int, size: int
+) -> tuple[int, int | None] | None:
+    """(value offset, value length or None when undefined) of a Pixel Data element that
+    starts at ``offset`` and whose declared value fits; None when there is none."""
     fp.seek(offset)
     head = fp.read(12)
     if len(head) < 8 or struct.unpack_from("<HH", head) != (0x7FE0, 0x0010):
-        return False
+        return None
     if _implicit(dataset):
         length, header = struct.unpack_from("<I", head, 4)[0], 8
     elif len(head) == 12:
@@ -120,14 +153,37 @@ def _check_pixel_data(fp: BinaryIO, dataset: Dataset, offset: int, size: int) ->
     if length != UNDEFINED and offset + header + length > size:
         missing = offset + header + length - size
         raise UnreadableDicom(f"pixel data is {missing} bytes short", truncated=True)
-    return True
+    if length != UNDEFINED and offset + header + length < size:
+        _check_trailer(fp, offset + header + length, size, explicit=not _implicit(dataset))
+    return offset + header, None if length == UNDEFINED else length
+
+
+PADDING = (0xFFFC, 0xFFFC)  # Data Set Trailing Padding: the one element allowed after Pixel Data
+
+
+def _check_trailer(fp: BinaryIO, start: int, size: int, *, explicit: bool) -> None:
+    """After a defined-length Pixel Data only trailing padding may follow: anything else
+    is damage that a full read would trip over (or silently take as a second image)."""
+    fp.seek(start)
+    tail = fp.read(size - start)
+    pos = 0
+    while pos < len(tail):
+        if len(tail) - pos < 8 or struct.unpack_from("<HH", tail, pos) != PADDING:
+            raise UnreadableDicom(f"{len(tail)} bytes of unexpected data after the pixel data")
+        if explicit:
+            if len(tail) - pos < 12:
+                raise UnreadableDicom("ends in the middle of an element", truncated=True)
+            length, pos = struct.unpack_from("<I", tail, pos + 8)[0], pos + 12
+        else:
+            length, pos = struct.unpack_from("<I", tail, pos + 4)[0], pos + 8
+        if length == UNDEFINED or pos + length > len(tail):
+            raise UnreadableDicom("ends in the middle of an element", truncated=True)
+        pos += length
 
 
 def _check_structure(fp: BinaryIO, dataset: Dataset, size: int) -> None:
     """Walk the element framing to the end of the file: pydicom silently accepts a
     file cut inside a sequence, which would hide beams or control points."""
-    if not _plain_little_endian(dataset):
-        return
     meta_length = dataset.file_meta.get("FileMetaInformationGroupLength")
     if meta_length is None:
         return
@@ -138,6 +194,8 @@ def _check_structure(fp: BinaryIO, dataset: Dataset, size: int) -> None:
         _walk(memoryview(buffer), start, size, explicit=not _implicit(dataset), until=None)
     except (struct.error, IndexError):
         raise UnreadableDicom("ends in the middle of an element", truncated=True) from None
+    except RecursionError:
+        raise UnreadableDicom("sequences nested too deeply to be a real DICOM object") from None
 
 
 def _walk(buf: memoryview, pos: int, end: int, *, explicit: bool, until: int | None) -> int:
@@ -243,15 +301,24 @@ def number(dataset: Dataset, tag: int) -> float | None:
     return values[0] if values else None
 
 
+def number_or_nan(dataset: Dataset, tag: int) -> float | None:
+    """The first value of a DS/IS element; None when absent or empty, NaN when malformed
+    (so that a garbled value fails a finiteness check instead of passing as absent)."""
+    value = number(dataset, tag)
+    if value is None and texts(dataset, tag):
+        return math.nan
+    return value
+
+
 def unsigned_short(dataset: Dataset, tag: int) -> int | None:
     """A US value (Rows, Columns, BitsAllocated ...)."""
     elem = _raw(dataset, tag)
     if elem is None or elem.value is None:
         return None
     if isinstance(elem, RawDataElement):
-        if len(elem.value) < 2 or not elem.is_little_endian:
+        if len(elem.value) < 2:
             return None
-        return int(struct.unpack_from("<H", elem.value)[0])
+        return int(struct.unpack_from("<H" if elem.is_little_endian else ">H", elem.value)[0])
     try:
         return int(elem.value)
     except (TypeError, ValueError):

@@ -81,28 +81,43 @@ def walk_files(
     root: Path, problems: Problems | None = None, *, folders: bool = False
 ) -> Iterator[os.DirEntry[str]]:
     """Every regular file (and sub-folder, with ``folders``) under ``root``, in a stable
-    order; folder symlinks are not followed."""
-    try:
-        with os.scandir(root) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
-    except OSError as err:
-        if problems is not None:
-            problems.error(
-                Code.CASE_DIR_UNREADABLE,
-                f"{problems.rel(root) or '.'}: cannot list the folder: {err.strerror}",
-                root,
-            )
+    order (depth first, names sorted); folder symlinks are not followed. Iterative, so a
+    tree of any depth is walked."""
+    stack: list[Iterator[os.DirEntry[str]]] = []
+    listed = _listing(root, problems)
+    if listed is None:
         return
-    for entry in entries:
+    stack.append(iter(listed))
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
         try:
             if entry.is_dir(follow_symlinks=False):
                 if folders:
                     yield entry
-                yield from walk_files(Path(entry.path), problems, folders=folders)
+                inner = _listing(Path(entry.path), problems)
+                if inner is not None:
+                    stack.append(iter(inner))
             elif entry.is_file():
                 yield entry
         except OSError:
             continue
+
+
+def _listing(folder: Path, problems: Problems | None) -> list[os.DirEntry[str]] | None:
+    try:
+        with os.scandir(folder) as scan:
+            return sorted(scan, key=lambda e: e.name)
+    except OSError as err:
+        if problems is not None:
+            problems.error(
+                Code.CASE_DIR_UNREADABLE,
+                f"{problems.rel(folder) or '.'}: cannot list the folder: {err.strerror}",
+                folder,
+            )
+        return None
 
 
 def discover(root: Path, problems: Problems) -> Inventory:

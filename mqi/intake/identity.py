@@ -7,6 +7,7 @@ that carries no name: neither the folder's nor the patient's.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -28,15 +29,18 @@ def case_id(case_dir: Path, plan_uid: str) -> str:
 
 
 def case_uid(case_dir: Path, plan_uid: str) -> str:
-    key = f"mqi-case:{plan_uid}{case_dir.resolve()}"
-    return hashlib.sha256(key.encode()).hexdigest()[:UID_LENGTH]
+    # os.fsencode: a folder name that is not UTF-8 hashes by its bytes (the same bytes as
+    # str.encode for every UTF-8 name, so existing uids do not change)
+    key = b"mqi-case:" + plan_uid.encode() + os.fsencode(case_dir.resolve())
+    return hashlib.sha256(key).hexdigest()[:UID_LENGTH]
 
 
 def rejected_case_id(case_dir: Path) -> str:
     """A case id for a folder whose plan could not be read."""
-    return f"{sanitise_name(case_dir.name)}-{opaque(str(case_dir))[:8]}"
+    return f"{sanitise_name(case_dir.name)}-{opaque(os.fsencode(case_dir))[:8]}"
 
 
-def opaque(text: str) -> str:
+def opaque(text: str | bytes) -> str:
     """A 16-hex-digit hash of ``text`` (names never leave the workstation, hashes may)."""
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(data).hexdigest()[:16]

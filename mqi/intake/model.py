@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: a NaN that slipped past a check fails loudly here, never in MOQUI
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Problem(_Frozen):
@@ -98,4 +99,8 @@ class Case(_Frozen):
     structure_set: StructureSet | None
     tps_doses: list[TPSDose]
     log_dir: Path | None = None
+    log_files: list[Path] = Field(
+        default_factory=list,
+        description="The delivery-log files intake found, sorted; only these are bundled.",
+    )
     warnings: list[Problem] = Field(default_factory=list)

@@ -7,13 +7,15 @@ count on the second). Layer meterset = the step of the cumulative meterset weigh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom.dataset import Dataset
 
 from mqi.intake.codes import Code
-from mqi.intake.dicomio import Header, number, text, value_bytes
+from mqi.intake.dicomio import Header, number_or_nan, text, value_bytes
 from mqi.intake.discover import Inventory
 from mqi.intake.model import Beam, EnergyLayer, Plan
 from mqi.intake.problems import Problems, listing
@@ -30,6 +32,12 @@ from mqi.intake.tags import (
 
 FL_BYTES = 4
 ENERGY_TOLERANCE_MEV = 1e-3
+MAX_ENERGY_MEV = 1000.0  # beyond any therapy beam: a corrupt value
+MAX_SPOT_POSITION_MM = 1000.0  # a scanned field is some 40 cm wide
+MAX_COORDINATE_MM = 1e5
+MAX_ANGLE_DEG = 360.0
+MAX_BEAM_NUMBER = 2**31 - 1
+WEIGHT_TOLERANCE = 1e-3  # relative, between a layer's spot weights and its cumulative step
 
 
 @dataclass
@@ -138,14 +146,44 @@ def _fraction_scheme(ds: Dataset, header: Header, problems: Problems) -> tuple[i
         )
         return 1, {}
     group = groups[0]
-    fractions = int(group.get("NumberOfFractionsPlanned") or 1)
+    fractions = _fractions(group, header, problems)
     metersets: dict[int, float] = {}
     for ref in group.get("ReferencedBeamSequence", []):
         beam_number = ref.get("ReferencedBeamNumber")
         meterset = ref.get("BeamMeterset")
         if beam_number is not None and meterset not in (None, ""):
-            metersets[int(beam_number)] = float(meterset)
+            metersets[int(beam_number)] = as_float(meterset)
     return fractions, metersets
+
+
+def as_float(value: Any) -> float:
+    """A DS/FL value as a float; NaN when it is not a number (so that it fails a check)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
+def _fractions(group: Dataset, header: Header, problems: Problems) -> int:
+    """NumberOfFractionsPlanned: a whole number >= 1; missing is taken as 1 with a warning."""
+    raw = group.get("NumberOfFractionsPlanned")
+    rel = problems.rel(header.path)
+    if raw in (None, ""):
+        problems.warn(
+            Code.PLAN_FRACTIONS_INVALID,
+            f"{rel}: NumberOfFractionsPlanned is missing; taken as 1",
+            header.path,
+        )
+        return 1
+    value = as_float(raw)
+    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+        problems.error(
+            Code.PLAN_FRACTIONS_INVALID,
+            f"{rel}: NumberOfFractionsPlanned is {raw}; it must be a whole number >= 1: re-export the plan",
+            header.path,
+        )
+        return 1
+    return int(value)
 
 
 def _is_setup(item: Dataset, setup_names: set[str]) -> bool:
@@ -199,22 +237,35 @@ def _beam(
         beam_number = int(item.BeamNumber)
         points = list(item.get("IonControlPointSequence") or [])
         first = points[0] if points else Dataset()
-        isocenter = [float(v) for v in first.get("IsocenterPosition") or []]
-    except (AttributeError, TypeError, ValueError) as err:
+        isocenter = [as_float(v) for v in first.get("IsocenterPosition") or []]
+    except (AttributeError, TypeError, ValueError, OverflowError) as err:
         problems.error(Code.BEAM_INVALID, f"{label}: cannot be read: {err}")
         return None
+    if not 0 <= beam_number <= MAX_BEAM_NUMBER:
+        problems.error(
+            Code.BEAM_NUMBER_INVALID,
+            f"{label}: BeamNumber {beam_number} is negative or too large; MOQUI and the bundle "
+            "need a number from 0 to 2147483647",
+        )
     radiation = str(item.get("RadiationType", "") or "").upper()
     if radiation != "PROTON":
         problems.error(
             Code.BEAM_NOT_PROTON,
             f"{label}: radiation type {radiation or 'missing'}; MOQUI simulates PROTON beams only",
         )
-    layers = _layers(points, label, problems)
+    layers, consistent = _layers(points, label, problems)
     spots = sum(layer.spots for layer in layers)
     if spots == 0:
         problems.error(Code.BEAM_NO_SPOTS, f"{label}: no scan spots; nothing to simulate")
+    elif consistent:
+        _check_cumulative(item, points, label, problems)
     meterset = metersets.get(beam_number, 0.0)
-    if meterset <= 0:
+    if not math.isfinite(meterset) or meterset < 0:
+        problems.error(
+            Code.BEAM_METERSET_INVALID,
+            f"{label}: BeamMeterset is {meterset:g} in the fraction group; it must be a finite number > 0",
+        )
+    elif meterset == 0:
         shown = f"{meterset:g}" if beam_number in metersets else "missing"
         problems.error(
             Code.BEAM_ZERO_METERSET,
@@ -226,14 +277,27 @@ def _beam(
             f"{label}: the first control point lacks GantryAngle or IsocenterPosition",
         )
         return None
+    gantry = as_float(first.GantryAngle)
+    couch = as_float(first.get("PatientSupportAngle") or 0.0)
+    angles_ok = all(math.isfinite(a) and abs(a) <= MAX_ANGLE_DEG for a in (gantry, couch))
+    if not angles_ok or not all(math.isfinite(v) and abs(v) < MAX_COORDINATE_MM for v in isocenter):
+        problems.error(
+            Code.BEAM_GEOMETRY_INVALID,
+            f"{label}: GantryAngle {gantry:g}, PatientSupportAngle {couch:g}, IsocenterPosition "
+            f"{', '.join(f'{v:g}' for v in isocenter)}: angles must be finite degrees "
+            "(-360 to 360) and the isocentre a finite position in mm",
+        )
+        return None
+    if not all(math.isfinite(layer.meterset_weight) for layer in layers) or not math.isfinite(meterset):
+        return None
     return Beam(
         number=beam_number,
         name=str(item.get("BeamName", "") or ""),
         sequence_index=index,
         machine=str(item.get("TreatmentMachineName", "") or ""),
         radiation_type=radiation,
-        gantry_angle=float(first.GantryAngle),
-        couch_angle=float(first.get("PatientSupportAngle") or 0.0),
+        gantry_angle=gantry,
+        couch_angle=couch,
         isocenter=(isocenter[0], isocenter[1], isocenter[2]),
         range_shifters=int(item.get("NumberOfRangeShifters") or 0),
         blocks=int(item.get("NumberOfBlocks") or 0),
@@ -243,15 +307,71 @@ def _beam(
     )
 
 
+def _float_list(point: Dataset, keyword: str) -> list[float]:
+    value = point.get(keyword)
+    if value is None or value == "":
+        return []
+    if isinstance(value, bytes | bytearray):  # an undecoded FL value
+        return [as_float(v) for v in memoryview(value[: len(value) // FL_BYTES * FL_BYTES]).cast("f")]
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return [as_float(value)]
+    return [as_float(v) for v in value]
+
+
+def _check_cumulative(item: Dataset, points: list[Dataset], label: str, problems: Problems) -> None:
+    """The cumulative meterset weights: finite, from 0 up to FinalCumulativeMetersetWeight,
+    each step the sum of the spot weights delivered over it; some weight delivered."""
+    cumulative = [as_float(p.get("CumulativeMetersetWeight")) for p in points]
+    final = as_float(item.get("FinalCumulativeMetersetWeight", cumulative[-1] if cumulative else 0))
+    if not all(math.isfinite(v) for v in [*cumulative, final]):
+        problems.error(
+            Code.CUMULATIVE_METERSET_INVALID,
+            f"{label}: CumulativeMetersetWeight or FinalCumulativeMetersetWeight is not a finite number",
+        )
+        return
+    weights = [sum(_float_list(p, "ScanSpotMetersetWeights")) for p in points]
+    if final <= 0 or sum(weights) <= 0:
+        problems.error(
+            Code.BEAM_NO_DELIVERABLE_WEIGHT,
+            f"{label}: the spot weights add up to {sum(weights):g} and FinalCumulativeMetersetWeight "
+            f"is {final:g}; the beam delivers nothing",
+        )
+        return
+    found = []
+    if abs(cumulative[0]) > WEIGHT_TOLERANCE * final:
+        found.append(f"the first control point starts at {cumulative[0]:g}, not 0")
+    if abs(cumulative[-1] - final) > WEIGHT_TOLERANCE * final:
+        found.append(f"the last control point ends at {cumulative[-1]:g}, not at the final {final:g}")
+    for k in range(len(points) - 1):
+        step = cumulative[k + 1] - cumulative[k]
+        if abs(step - weights[k]) > WEIGHT_TOLERANCE * max(abs(step), weights[k]) + 1e-6 * final:
+            found.append(
+                f"control points {k} to {k + 1} step by {step:g} "
+                f"but the spot weights add up to {weights[k]:g}"
+            )
+            break
+    if found:
+        problems.error(
+            Code.CUMULATIVE_METERSET_INVALID,
+            f"{label}: cumulative meterset weights do not add up ({listing(found)}); re-export the plan",
+        )
+
+
 @dataclass
 class _PairIssues:
     """Problems of one beam's control points, reported once per kind."""
 
     not_paired: list[str]
     spot_data: list[str]
+    energies: list[str] = field(default_factory=list)
+    weights: list[str] = field(default_factory=list)
+    positions: list[str] = field(default_factory=list)
+    cumulative: list[str] = field(default_factory=list)
 
 
-def _layers(points: list[Dataset], label: str, problems: Problems) -> list[EnergyLayer]:
+def _layers(points: list[Dataset], label: str, problems: Problems) -> tuple[list[EnergyLayer], bool]:
+    """The energy layers, and whether the control points are consistent enough for the
+    cumulative weights to be checked."""
     issues = _PairIssues([], [])
     if len(points) % 2:
         issues.not_paired.append(f"{len(points)} control points, an odd number")
@@ -273,35 +393,92 @@ def _layers(points: list[Dataset], label: str, problems: Problems) -> list[Energ
             Code.SPOT_DATA_MISMATCH,
             f"{label}: spot data disagree with NumberOfScanSpotPositions ({listing(issues.spot_data)})",
         )
-    return layers
+    if issues.energies:
+        problems.error(
+            Code.SPOT_ENERGY_INVALID,
+            f"{label}: NominalBeamEnergy must be a finite number of MeV > 0 and <= {MAX_ENERGY_MEV:g} "
+            f"({listing(issues.energies)})",
+        )
+    if issues.weights:
+        problems.error(
+            Code.SPOT_WEIGHT_INVALID,
+            f"{label}: ScanSpotMetersetWeights must be finite and >= 0 ({listing(issues.weights)})",
+        )
+    if issues.positions:
+        problems.error(
+            Code.SPOT_POSITION_INVALID,
+            f"{label}: ScanSpotPositionMap must hold finite positions within "
+            f"{MAX_SPOT_POSITION_MM:g} mm ({listing(issues.positions)})",
+        )
+    if issues.cumulative:
+        problems.error(
+            Code.CUMULATIVE_METERSET_INVALID,
+            f"{label}: CumulativeMetersetWeight is not a finite number ({listing(issues.cumulative)})",
+        )
+    consistent = not (
+        issues.not_paired
+        or issues.spot_data
+        or issues.energies
+        or issues.weights
+        or issues.positions
+        or issues.cumulative
+    )
+    return layers, consistent
 
 
 def _layer(
     first: Dataset, second: Dataset, k: int, energy: float | None, issues: _PairIssues
 ) -> EnergyLayer | None:
-    energy_first = number(first, NOMINAL_BEAM_ENERGY) or energy
-    energy_second = number(second, NOMINAL_BEAM_ENERGY) or energy_first
+    energy_first = _or(number_or_nan(first, NOMINAL_BEAM_ENERGY), energy)
+    energy_second = _or(number_or_nan(second, NOMINAL_BEAM_ENERGY), energy_first)
     if energy_first is None:
         issues.not_paired.append(f"control point {k} has no NominalBeamEnergy")
         return None
+    for index, value in ((k, energy_first), (k + 1, energy_second)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= MAX_ENERGY_MEV):
+            issues.energies.append(f"control point {index}: {value:g} MeV")
+            return None
     if energy_second is not None and abs(energy_second - energy_first) > ENERGY_TOLERANCE_MEV:
         issues.not_paired.append(
             f"control points {k} and {k + 1} have energies {energy_first:g} and {energy_second:g} MeV"
         )
-    spots_first = number(first, NUMBER_OF_SCAN_SPOT_POSITIONS)
-    spots_second = number(second, NUMBER_OF_SCAN_SPOT_POSITIONS)
+    spots_first = number_or_nan(first, NUMBER_OF_SCAN_SPOT_POSITIONS)
+    spots_second = number_or_nan(second, NUMBER_OF_SCAN_SPOT_POSITIONS)
+    if spots_first is not None and not (math.isfinite(spots_first) and 0 <= spots_first < 2**31):
+        issues.spot_data.append(f"control point {k}: NumberOfScanSpotPositions {spots_first:g}")
+        return None
     if spots_second is not None and spots_first != spots_second:
         issues.not_paired.append(
             f"control points {k} and {k + 1} have {spots_first or 0:g} and {spots_second:g} spots"
         )
     spots = int(spots_first or 0)
     _check_spot_arrays(first, k, spots, issues)
-    start = number(first, CUMULATIVE_METERSET_WEIGHT)
-    end = number(second, CUMULATIVE_METERSET_WEIGHT)
+    _check_spot_values(first, k, issues)
+    _check_spot_values(second, k + 1, issues)
+    start = number_or_nan(first, CUMULATIVE_METERSET_WEIGHT)
+    end = number_or_nan(second, CUMULATIVE_METERSET_WEIGHT)
     if start is not None and end is not None and end < start:
         issues.not_paired.append(f"cumulative meterset weight decreases at control point {k + 1}")
     weight = end - start if start is not None and end is not None else _weights_sum(first)
+    if not math.isfinite(weight):
+        issues.cumulative.append(f"control points {k} and {k + 1}: {start:g} and {end:g}")
+        return None
     return EnergyLayer(energy_mev=energy_first, spots=spots, meterset_weight=max(weight, 0.0))
+
+
+def _or(value: float | None, default: float | None) -> float | None:
+    return default if value is None else value
+
+
+def _check_spot_values(point: Dataset, k: int, issues: _PairIssues) -> None:
+    weights = _float_list(point, "ScanSpotMetersetWeights")
+    bad = [w for w in weights if not (math.isfinite(w) and w >= 0)]
+    if bad:
+        issues.weights.append(f"control point {k}: {bad[0]:g}")
+    positions = _float_list(point, "ScanSpotPositionMap")
+    far = [v for v in positions if not (math.isfinite(v) and abs(v) <= MAX_SPOT_POSITION_MM)]
+    if far:
+        issues.positions.append(f"control point {k}: {far[0]:g}")
 
 
 def _check_spot_arrays(point: Dataset, k: int, spots: int, issues: _PairIssues) -> None:
@@ -317,9 +494,4 @@ def _check_spot_arrays(point: Dataset, k: int, spots: int, issues: _PairIssues) 
 
 
 def _weights_sum(point: Dataset) -> float:
-    weights = point.get("ScanSpotMetersetWeights")
-    if weights is None:
-        return 0.0
-    if isinstance(weights, float | int):
-        return float(weights)
-    return float(sum(weights))
+    return float(sum(_float_list(point, "ScanSpotMetersetWeights")))

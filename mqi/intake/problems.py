@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mqi.intake.codes import Code
 from mqi.intake.model import Problem
+from mqi.textsafe import escape_control, shell_quote_path
 
 MAX_LISTED = 3  # examples named in one message before "and N more"
 
@@ -19,20 +20,26 @@ class Problems:
         self.warnings: list[Problem] = []
 
     def error(self, code: Code, message: str, path: Path | None = None) -> None:
-        self.errors.append(Problem(code=code.value, message=message, path=path))
+        self.errors.append(Problem(code=code.value, message=escape_control(message), path=path))
 
     def warn(self, code: Code, message: str, path: Path | None = None) -> None:
-        self.warnings.append(Problem(code=code.value, message=message, path=path))
+        self.warnings.append(Problem(code=code.value, message=escape_control(message), path=path))
 
     def add(self, code: Code, message: str, path: Path | None = None, *, error: bool) -> None:
         (self.error if error else self.warn)(code, message, path)
 
     def rel(self, path: Path) -> str:
-        """How a file is named in messages: relative to the case folder."""
+        """How a file is named in messages: relative to the case folder, quoted as a shell
+        would need it, on one line."""
         try:
-            return path.relative_to(self.root).as_posix()
+            return shell_quote_path(path.relative_to(self.root).as_posix())
         except ValueError:
-            return str(path)
+            return shell_quote_path(path)
+
+    @staticmethod
+    def show(path: Path) -> str:
+        """A path outside the case folder's naming (the folder itself), quoted."""
+        return shell_quote_path(path)
 
 
 def listing(items: list[str], limit: int = MAX_LISTED) -> str:

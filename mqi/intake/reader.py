@@ -20,6 +20,7 @@ from mqi.intake.model import Beam, Case, CTGrid, Plan, Problem, StructureSet, TP
 from mqi.intake.plan import PlanInfo, read_plan, select_plan
 from mqi.intake.problems import Problems, listing
 from mqi.intake.structures import StructureChecks, StructureInfo, check_structures
+from mqi.textsafe import escape_control, json_safe, shell_quote_path
 
 DEFAULT_SETUP_BEAM_NAMES = ("SETUP", "Site Setup")
 DEFAULT_BODY_CONTOUR = "External"
@@ -79,36 +80,55 @@ class IntakeResult:
     structure_set: StructureSet | None = None
     tps_doses: list[TPSDose] = field(default_factory=list)
     log_dir: Path | None = None
+    log_files: list[Path] = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
         return not self.errors and self.case is not None
 
+    def rejection(self, case_dir: Path | None = None) -> str:
+        """The one line `mqi submit` shows for a rejected case: the first error with its
+        code, and the check command to see them all with the path quoted for a shell."""
+        first = self.errors[0] if self.errors else None
+        head = f"[{first.code}] {first.message}" if first else "invalid case"
+        more = f" and {len(self.errors) - 1} more" if len(self.errors) > 1 else ""
+        where = shell_quote_path(case_dir if case_dir is not None else self.source_dir)
+        return f"case rejected: {head}{more} (see `mqi check {where}`)"
+
     def to_json(self) -> dict[str, Any]:
-        """The `mqi check --json` shape of DESIGN.md."""
-        return {
-            "valid": self.valid,
-            "errors": [{"code": p.code, "message": p.message} for p in self.errors],
-            "warnings": [{"code": p.code, "message": p.message} for p in self.warnings],
-            "case_id": self.case_id,
-            "plan": _plan_json(self.plan),
-            "beams": [_beam_json(b) for b in self.beams],
-            "ct": _ct_json(self.ct),
-            "structures": [s.name for s in self.structure_set.structures] if self.structure_set else [],
-            "tps_doses": [_dose_json(d, self.source_dir) for d in self.tps_doses],
-        }
+        """The `mqi check --json` shape of DESIGN.md: strict JSON (no NaN or Infinity; names
+        from files with their control characters escaped)."""
+        return json_safe(
+            {
+                "valid": self.valid,
+                "errors": [{"code": p.code, "message": p.message} for p in self.errors],
+                "warnings": [{"code": p.code, "message": p.message} for p in self.warnings],
+                "case_id": self.case_id,
+                "plan": _plan_json(self.plan),
+                "beams": [_beam_json(b) for b in self.beams],
+                "ct": _ct_json(self.ct),
+                "structures": [escape_control(s.name) for s in self.structure_set.structures]
+                if self.structure_set
+                else [],
+                "tps_doses": [_dose_json(d, self.source_dir) for d in self.tps_doses],
+            }
+        )
 
 
 def _plan_json(plan: Plan | None) -> dict[str, Any] | None:
     if plan is None:
         return None
-    return {"label": plan.label, "sop_instance_uid": plan.sop_instance_uid, "fractions": plan.fractions}
+    return {
+        "label": escape_control(plan.label),
+        "sop_instance_uid": plan.sop_instance_uid,
+        "fractions": plan.fractions,
+    }
 
 
 def _beam_json(beam: Beam) -> dict[str, Any]:
     return {
         "number": beam.number,
-        "name": beam.name,
+        "name": escape_control(beam.name),
         "gantry_angle": beam.gantry_angle,
         "layers": len(beam.layers),
         "spots": beam.spots,
@@ -128,7 +148,7 @@ def _dose_json(dose: TPSDose, root: Path) -> dict[str, Any]:
     except ValueError:
         file = str(dose.path)
     return {
-        "file": file,
+        "file": escape_control(file),
         "summation_type": dose.summation_type,
         "dose_type": dose.dose_type,
         "beam_number": dose.beam_number,
@@ -147,7 +167,7 @@ def read_case(case_dir: Path, options: IntakeOptions | None = None) -> IntakeRes
     except Exception as err:  # bad input must end as a listed problem, not a traceback
         problems.error(
             Code.INTAKE_FAILED,
-            f"{case_dir}: the case could not be read ({type(err).__name__}: {err})",
+            f"{Problems.show(case_dir)}: the case could not be read ({type(err).__name__}: {err})",
             case_dir,
         )
     result.errors, result.warnings = problems.errors, problems.warnings
@@ -175,12 +195,19 @@ def _quietly() -> Iterator[None]:
 def _read(case_dir: Path, options: IntakeOptions, problems: Problems, result: IntakeResult) -> None:
     if not case_dir.is_dir():
         what = "is not a folder" if case_dir.exists() else "does not exist"
-        problems.error(Code.CASE_DIR_MISSING, f"{case_dir}: {what}; give the case folder", case_dir)
+        problems.error(
+            Code.CASE_DIR_MISSING, f"{Problems.show(case_dir)}: {what}; give the case folder", case_dir
+        )
         return
     inventory = discover(case_dir, problems)
     result.log_dir = inventory.log_dir
+    result.log_files = sorted(inventory.log_files)
     if inventory.dicom_count == 0 and inventory.unreadable == 0:
-        problems.error(Code.NO_DICOM_FILES, f"{case_dir}: no DICOM files; is this the case folder?", case_dir)
+        problems.error(
+            Code.NO_DICOM_FILES,
+            f"{Problems.show(case_dir)}: no DICOM files; is this the case folder?",
+            case_dir,
+        )
         return
     plan_info = _plan(inventory, options, problems)
     plan = plan_info.plan if plan_info else None
@@ -217,6 +244,7 @@ def _read(case_dir: Path, options: IntakeOptions, problems: Problems, result: In
             structure_set=result.structure_set,
             tps_doses=result.tps_doses,
             log_dir=result.log_dir,
+            log_files=result.log_files,
             warnings=list(problems.warnings),
         )
 

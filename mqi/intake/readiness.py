@@ -59,5 +59,6 @@ def folder_fingerprint(case_dir: Path) -> str:
         except OSError:
             continue
         rel = os.path.relpath(entry.path, case_dir)
-        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        # os.fsencode: a file name that is not UTF-8 hashes by its bytes
+        digest.update(os.fsencode(rel) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()

@@ -8,6 +8,7 @@ from rich.text import Text
 
 from mqi.intake.model import Beam, CTGrid, Problem, TPSDose
 from mqi.intake.reader import IntakeResult
+from mqi.textsafe import escape_control
 
 
 def render_check(result: IntakeResult) -> RenderableType:
@@ -23,7 +24,7 @@ def render_check(result: IntakeResult) -> RenderableType:
 
 
 def _headline(result: IntakeResult) -> Text:
-    name = result.case_id or str(result.source_dir)
+    name = escape_control(result.case_id or str(result.source_dir))
     if result.valid:
         return Text.assemble(("VALID ", "bold green"), (name, "bold"))
     count = len(result.errors)
@@ -47,7 +48,7 @@ def _summary(result: IntakeResult) -> list[RenderableType]:
         parts.append(
             Text.assemble(
                 ("Plan ", "bold"),
-                f"{result.plan.label or '(no label)'}  {result.plan.fractions} fraction(s)  ",
+                f"{escape_control(result.plan.label) or '(no label)'}  {result.plan.fractions} fraction(s)  ",
                 (result.plan.sop_instance_uid, "dim"),
             )
         )
@@ -55,7 +56,7 @@ def _summary(result: IntakeResult) -> list[RenderableType]:
         parts.append(_beams(result.beams))
     if result.ct is not None:
         parts.append(_ct(result.ct))
-    names = [s.name for s in result.structure_set.structures] if result.structure_set else []
+    names = [escape_control(s.name) for s in result.structure_set.structures] if result.structure_set else []
     parts.append(Text.assemble(("Structures ", "bold"), ", ".join(names) if names else "none"))
     if result.tps_doses:
         parts.append(_doses(result.tps_doses, result))
@@ -71,8 +72,8 @@ def _beams(beams: list[Beam]) -> Table:
     for beam in beams:
         table.add_row(
             str(beam.number),
-            Text(beam.name),
-            Text(beam.machine),
+            Text(escape_control(beam.name)),
+            Text(escape_control(beam.machine)),
             f"{beam.gantry_angle:g}",
             f"{beam.couch_angle:g}",
             str(len(beam.layers)),
@@ -105,4 +106,4 @@ def _doses(doses: list[TPSDose], result: IntakeResult) -> Table:
 def _relative(result: IntakeResult, path: object) -> str:
     text = str(path)
     root = str(result.source_dir).rstrip("/") + "/"
-    return text[len(root) :] if text.startswith(root) else text
+    return escape_control(text[len(root) :] if text.startswith(root) else text)

@@ -6,6 +6,7 @@ Structure problems are errors only when the MOQUI parameters read structures
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -34,7 +35,9 @@ class StructureInfo:
     patient_id: str | None
 
 
-def read_structure_set(header: Header, problems: Problems) -> StructureInfo | None:
+def read_structure_set(header: Header, problems: Problems, *, required: bool = False) -> StructureInfo | None:
+    """The structure set's ROIs and references; None (an error when ``required``, since the
+    engine would then be asked to read a structure set the bundle lacks) when unreadable."""
     ds = header.dataset
     try:
         structures = [
@@ -42,9 +45,13 @@ def read_structure_set(header: Header, problems: Problems) -> StructureInfo | No
             for roi in ds.get("StructureSetROISequence") or []
         ]
         series, images, frame = _references(ds)
-    except (AttributeError, TypeError, ValueError) as err:
-        problems.warn(
-            Code.DICOM_UNREADABLE, f"{problems.rel(header.path)}: cannot read ROIs: {err}", header.path
+    except (AttributeError, TypeError, ValueError, OverflowError) as err:
+        problems.add(
+            Code.RTSTRUCT_UNREADABLE if required else Code.DICOM_UNREADABLE,
+            f"{problems.rel(header.path)}: cannot read ROIs: {err}"
+            + ("; ReadStructure is true, so MOQUI needs a readable structure set" if required else ""),
+            header.path,
+            error=required,
         )
         return None
     return StructureInfo(
@@ -96,7 +103,11 @@ def check_structures(
                 "add the structure set",
             )
         return None
-    infos = [info for info in (read_structure_set(h, problems) for h in headers) if info is not None]
+    infos = [
+        info
+        for info in (read_structure_set(h, problems, required=required) for h in headers)
+        if info is not None
+    ]
     chosen = _choose(infos, checks, problems)
     if chosen is None:
         return None
@@ -155,6 +166,8 @@ def _check_references(info: StructureInfo, checks: StructureChecks, problems: Pr
 def _check_body(info: StructureInfo, body: str, problems: Problems) -> None:
     names = [s.name for s in info.structure_set.structures]
     if body in names:
+        number = next(s.number for s in info.structure_set.structures if s.name == body)
+        _check_body_points(info, body, number, problems)
         return
     near = [n for n in names if n.strip().casefold() == body.strip().casefold()]
     hint = f"; found {near[0]!r} (names are case-sensitive)" if near else ""
@@ -164,3 +177,29 @@ def _check_body(info: StructureInfo, body: str, problems: Problems) -> None:
         f"ROIs: {', '.join(names) or 'none'}",
         info.header.path,
     )
+
+
+def _check_body_points(info: StructureInfo, body: str, number: int, problems: Problems) -> None:
+    """The body contour MOQUI reads: at least one contour, every coordinate finite."""
+    problem = None
+    try:
+        contours = [
+            contour
+            for item in info.header.dataset.get("ROIContourSequence") or []
+            if int(item.get("ReferencedROINumber", -1)) == number
+            for contour in item.get("ContourSequence") or []
+        ]
+        points = [float(v) for contour in contours for v in (contour.get("ContourData") or [])]
+        if not points:
+            problem = "has no contour points"
+        elif not all(math.isfinite(v) for v in points):
+            problem = "has coordinates that are not finite numbers"
+    except (AttributeError, TypeError, ValueError, OverflowError) as err:
+        problem = f"cannot be read ({err})"
+    if problem:
+        problems.error(
+            Code.RTSTRUCT_UNREADABLE,
+            f"{problems.rel(info.header.path)}: the ROI {body!r} (BodyContourName) {problem}; "
+            "MOQUI reads it with ReadStructure true: export the structure set again",
+            info.header.path,
+        )

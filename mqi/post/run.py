@@ -46,10 +46,10 @@ def beam_file_name(number: int) -> str:
 
 @dataclass
 class BeamResult:
-    """One beam's line of the summary."""
+    """One beam's line of the summary: numbers and reasons only. No beam name: the summary
+    and the job log live on the cluster, where every user can read them."""
 
     number: int
-    name: str
     status: str
     reason: str | None
     exit_code: int | None
@@ -269,7 +269,7 @@ def _check_beams(bundle_dir: Path, manifest: Manifest, grid: DoseGrid) -> list[t
             shape_xyz,
             manifest.expected_output_bytes(),
         )
-        result = BeamResult(beam.number, beam.name, "completed", None, check.exit_code, check.engine_ms)
+        result = BeamResult(beam.number, "completed", None, check.exit_code, check.engine_ms)
         if check.reason:
             result.fail(check.reason)
         elif manifest.scorer.lower() != "dose":
@@ -390,7 +390,7 @@ def build_summary(manifest: Manifest, results: Sequence[BeamResult], plan_sha256
 
 def log_line(result: BeamResult) -> str:
     """One line per beam for the job log: numbers and reasons, never patient data."""
-    head = f"beam {result.number} ({result.name}): {result.status}"
+    head = f"beam {result.number}: {result.status}"
     if result.status != "completed":
         return f"{head}: {result.reason}"
     engine = f", engine {result.engine_ms:.0f} ms" if result.engine_ms is not None else ""

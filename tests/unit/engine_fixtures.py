@@ -189,7 +189,6 @@ def build_bundle(
     manifest = Manifest(
         case_uid="0123456789abcdef",
         plan_uid=str(plan.SOPInstanceUID),
-        plan_label=str(plan.get("RTPlanLabel", "")),
         fractions=int(group.NumberOfFractionsPlanned),
         family="upstream",
         scorer=scorer,

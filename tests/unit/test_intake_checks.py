@@ -256,8 +256,14 @@ def test_ct_not_axial(case: SyntheticCase) -> None:
     assert "CT_NOT_AXIAL" in codes(check(case.folder))
 
 
+def _narrower(ds: Dataset) -> None:
+    """A complete slice of 12 columns (its pixel data cut to match)."""
+    ds.PixelData = bytes(ds.PixelData)[: ds.Rows * 12 * 2]
+    ds.Columns = 12
+
+
 def test_ct_slices_of_different_size(case: SyntheticCase) -> None:
-    edit(case.ct[3], lambda ds: setattr(ds, "Columns", 12))
+    edit(case.ct[3], _narrower)
     result = check(case.folder)
     assert codes(result) == ["CT_SIZE_MISMATCH"]
     assert "CT_003.dcm" in result.errors[0].message
