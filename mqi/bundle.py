@@ -129,7 +129,6 @@ class SummaryBeam(BaseModel):
     """One beam's line of ``results/summary.json``."""
 
     number: int
-    name: str = ""
     status: Literal["completed", "failed"]
     reason: str | None = None
     exit_code: int | None = None

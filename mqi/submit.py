@@ -14,6 +14,8 @@ one ``mkdir`` and the SFTP upload, one command (rename + submit.sh).
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -33,7 +35,6 @@ from mqi.intake.model import Problem
 from mqi.locks import case_lock_path, file_lock
 from mqi.render import RenderedBundle, RenderError, render_bundle
 from mqi.retrying import with_retries
-from mqi.shell import quote
 from mqi.slurm.backend import CliBackend, SlurmBackend
 from mqi.store import Case as StoredCase
 from mqi.store import Store
@@ -166,9 +167,7 @@ class Submitter:
             error=errors[0]["message"] if errors else "invalid case",
             folder_fingerprint=folder_fingerprint(case_dir),
         )
-        first = errors[0]["message"] if errors else "invalid case"
-        more = f" (and {len(errors) - 1} more: `mqi check {quote(case_dir)}`)" if len(errors) > 1 else ""
-        raise CaseRejected(f"case {case_id} rejected: {first}{more}", result, case_id)
+        raise CaseRejected(f"{case_id}: {result.rejection(case_dir)}", result, case_id)
 
     def _submit_locked(
         self, case_dir: Path, result: IntakeResult, *, priority: str | None, force: bool
@@ -214,6 +213,7 @@ class Submitter:
             attempts=0 if force or not stored else stored.attempts,
         )
         warnings += rendered.warnings
+        _keep_log_names(self.config, case.case_uid, rendered)
         self.store.add_event(case.case_id, "case", case.case_id, "step", None, "rendered", str(bundle_dir))
         remote = remote_bundle_dir(self.config, case.case_uid)
         since = _since(stored)
@@ -371,9 +371,19 @@ def dry_run(
         except Exception as error:
             message = f"the bundle could not be rendered ({type(error).__name__}: {error})"
             result.errors.append(Problem(code="RENDER_FAILED", message=message))
-    first = result.errors[0].message if result.errors else "invalid case"
     case_id = result.case_id or rejected_case_id(case_dir.absolute())
-    raise CaseRejected(f"case rejected: {first} (see `mqi check {quote(case_dir)}`)", result, case_id)
+    raise CaseRejected(result.rejection(case_dir), result, case_id)
+
+
+def _keep_log_names(config: Config, case_uid: str, rendered: RenderedBundle) -> None:
+    """The delivery logs travel under opaque names; which is which stays on this machine,
+    beside (not in) the bundle: ``<bundles>/<uid>.delivery-logs.json``, private."""
+    if not rendered.delivery_logs:
+        return
+    path = config.bundles_dir / f"{case_uid}.delivery-logs.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(rendered.delivery_logs, handle, indent=2, sort_keys=True)
 
 
 def clear_local_bundle(config: Config, case_uid: str) -> None:

@@ -70,12 +70,11 @@ def check(
     as_json: JsonOption = False,
 ) -> None:
     """Read and check a case folder; nothing is submitted. Exit 2 when it is invalid."""
-    from mqi.config import find_config_file, load_config
+    from mqi.config import load_optional_config
     from mqi.intake import IntakeOptions, read_case
     from mqi.intake.report import render_check
 
-    path = config_path(config)
-    cfg = load_config(path) if (path or find_config_file().exists()) else None
+    cfg = load_optional_config(config_path(config))
     options = IntakeOptions.from_config(cfg, plan_uid=plan) if cfg else IntakeOptions(plan_uid=plan)
     result = read_case(case_dir, options)
     if as_json:

@@ -72,7 +72,10 @@ def config_path(path: Path | None) -> Path | None:
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    err.print(f"mqi: error: {message}", markup=False, soft_wrap=True)
+    """One line on stderr: control characters from names are shown escaped, never sent raw."""
+    from mqi.textsafe import escape_control
+
+    sys.stderr.write(f"mqi: error: {escape_control(message)}\n")
     return typer.Exit(code)
 
 
@@ -98,11 +101,17 @@ def handle_errors(func: F) -> F:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+    """Strict JSON (a value that is not a finite number is null)."""
+    from mqi.textsafe import json_safe
+
+    sys.stdout.write(json.dumps(json_safe(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def log(message: str) -> None:
-    err.print(message, markup=False, soft_wrap=True)
+    from mqi.textsafe import escape_control
+
+    sys.stderr.write(escape_control(message) + "\n")
+    sys.stderr.flush()
 
 
 def session(config: Path | None, *, log_to: Callable[[str], None] = log) -> Any:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from mqi.synthetic import SyntheticCase
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
@@ -26,6 +25,8 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     RLELossless,
 )
+
+from mqi.testing.synthetic import SyntheticCase
 
 REJECT = "REJECT"
 VALID = "VALID"

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from mqi.synthetic import SyntheticCase, build_case
 
 from mqi.config import parse_config
 from mqi.intake import IntakeOptions, read_case
 from mqi.render import render_bundle, sweep_stale_staging
+from mqi.testing.synthetic import SyntheticCase, build_case
 from tests.unit.intake_fixtures import build_small, edit
 
 MARKER = "ZQXMARK"

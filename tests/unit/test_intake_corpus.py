@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mqi.synthetic import SyntheticCase
 
 from mqi.config import parse_config
 from mqi.intake import IntakeOptions, read_case
 from mqi.render import render_bundle
+from mqi.testing.synthetic import SyntheticCase
 from tests.unit.corrupt_cases import REJECT, VALID, Breaker, variants
 from tests.unit.intake_fixtures import pristine_fixture, relocate  # noqa: F401 (fixture)
 

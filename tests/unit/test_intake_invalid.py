@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from mqi.synthetic import SyntheticCase
 
+from mqi.testing.synthetic import SyntheticCase
 from tests.unit.corrupt_cases import REJECT, VALID, Variant, variants
 from tests.unit.intake_fixtures import pristine_fixture, relocate  # noqa: F401 (fixture)
 
