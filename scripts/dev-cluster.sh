@@ -178,9 +178,13 @@ check_dir_flavour() { # never write one flavour's configs into the other's state
 }
 
 write_configs() {
-  local node auth_info=""
+  local node auth_info="" dbd_auth_info=""
   node=$(hostname -s)
-  [ "$FLAVOUR" = 22.05 ] || auth_info="AuthInfo=socket=$MUNGE_SOCKET"
+  # Its own munged: AuthInfo for slurmctld/slurmd, AccountingStoragePass for the connections
+  # to slurmdbd (Slurm reads the socket for those from there, not from AuthInfo).
+  [ "$FLAVOUR" = 22.05 ] || auth_info="AuthInfo=socket=$MUNGE_SOCKET
+AccountingStoragePass=socket=$MUNGE_SOCKET"
+  [ "$FLAVOUR" = 22.05 ] || dbd_auth_info="AuthInfo=socket=$MUNGE_SOCKET"
   mkdir -p "$DEV_DIR"/{slurmctld,slurmd} "$DEV_DIR/mysql"
   cat > "$ETC/slurm.conf" <<EOF
 # Written by scripts/dev-cluster.sh start: a one-node cluster for mqi's tests.
@@ -227,7 +231,7 @@ NodeName=$node Name=gpu File=$DEV_DIR/gpu/nvidia[0-$((GPUS - 1))]
 EOF
   cat > "$ETC/slurmdbd.conf" <<EOF
 AuthType=auth/munge
-$auth_info
+$dbd_auth_info
 DbdHost=localhost
 DbdAddr=127.0.0.1
 DbdPort=$DBD_PORT
