@@ -110,7 +110,8 @@ def main() -> None:
             ),
             ("sacct -j ids (mqi's command)", lambda: bash(sacct_command)),
         ]
-        print(f"Slurm {pyslurm.version()}, pyslurm from {Path(pyslurm.__file__).parent}")
+        api = ".".join(str(part) for part in pyslurm.slurm_api_version())
+        print(f"pyslurm {pyslurm.__version__} (libslurm API {api}) from {Path(pyslurm.__file__).parent}")
         print(f"{'call':32} {'median ms':>10} {'jobs seen':>10}   ({args.repeat} calls after a warm-up)")
         figures = {}
         for name, call in rows:
