@@ -25,33 +25,89 @@ CLUSTER_VARS = (
 )
 
 
-def _load_cluster_env() -> dict[str, str] | None:
-    """The dev cluster's variables: from the environment, else from dev-cluster.sh env."""
-    if all(os.environ.get(name) for name in CLUSTER_VARS):
-        return {name: os.environ[name] for name in os.environ if name.startswith("MQI_")}
+# Which dev-cluster flavour the cluster tests run against: Debian's 22.05 (default) or the
+# 25.11 built from the vendored source (`MQI_SLURM=25.11 scripts/dev-cluster.sh install`).
+SLURM_FLAVOUR = os.environ.get("MQI_SLURM", "22.05")
+
+
+def _load_cluster_env() -> tuple[dict[str, str] | None, str]:
+    """The chosen flavour's variables, or None and why: from the environment when it was
+    exported for this flavour, else from ``dev-cluster.sh env``."""
+    exported_for = os.environ.get("MQI_TEST_SLURM_VERSION", "22.05")
+    if all(os.environ.get(name) for name in CLUSTER_VARS) and exported_for == SLURM_FLAVOUR:
+        return {name: os.environ[name] for name in os.environ if name.startswith("MQI_")}, ""
     script = ROOT / "scripts" / "dev-cluster.sh"
     try:
-        text = subprocess.run([str(script), "env"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
+        proc = subprocess.run(
+            [str(script), "env"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MQI_SLURM": SLURM_FLAVOUR},
+        )
+    except OSError as err:
+        return None, f"dev-cluster.sh env failed: {err}"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        last = last.removeprefix("[dev-cluster] ").removeprefix("ERROR: ")
+        return None, f"Slurm {SLURM_FLAVOUR} dev cluster unavailable: {last}"
     env = {}
-    for line in text.splitlines():
+    for line in proc.stdout.splitlines():
         if line.startswith("export ") and "=" in line:
             key, _, value = line[len("export ") :].partition("=")
-            env[key] = value
-    return env
+            if key != "PATH":  # "$BIN:$PATH": applied from MQI_TEST_SLURM_BIN below
+                env[key] = value
+    return env, ""
+
+
+def _apply_cluster_env(env: dict[str, str]) -> None:
+    """Put the flavour's client commands first on PATH and its slurm.conf in SLURM_CONF, for the
+    tests' own sinfo/squeue calls and for mqi's local transport (it runs commands through bash)."""
+    os.environ.update(env)
+    slurm_bin = env.get("MQI_TEST_SLURM_BIN")
+    if slurm_bin and os.environ.get("PATH", "").split(os.pathsep)[0] != slurm_bin:
+        os.environ["PATH"] = slurm_bin + os.pathsep + os.environ.get("PATH", "")
+
+
+_CLUSTER_ENV: tuple[dict[str, str] | None, str] | None = None
+
+
+def cluster_env() -> tuple[dict[str, str] | None, str]:
+    """Loaded once per session, and applied to os.environ when the flavour is there."""
+    global _CLUSTER_ENV
+    if _CLUSTER_ENV is None:
+        _CLUSTER_ENV = _load_cluster_env()
+        if _CLUSTER_ENV[0] is not None and SLURM_FLAVOUR != "22.05":
+            _apply_cluster_env(_CLUSTER_ENV[0])
+    return _CLUSTER_ENV
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if SLURM_FLAVOUR != "22.05":
+        # Before any fixture calls sinfo/scontrol: they must reach this flavour's cluster.
+        cluster_env()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"Slurm dev-cluster flavour: {SLURM_FLAVOUR} (MQI_SLURM)"
 
 
 @pytest.fixture(scope="session")
 def cluster() -> dict[str, str]:
-    """The dev cluster, or a skip saying how to start it."""
-    env = _load_cluster_env()
-    if shutil.which("sinfo") is None or env is None:
+    """The dev cluster of the chosen flavour, or a skip saying how to get it."""
+    env, why = cluster_env()
+    if env is None:
+        pytest.skip(why or "no Slurm here: run `scripts/test.sh` (or scripts/dev-cluster.sh start)")
+    _apply_cluster_env(env)
+    if shutil.which("sinfo") is None:
         pytest.skip("no Slurm here: run `scripts/test.sh` (or scripts/dev-cluster.sh start)")
     probe = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
     if probe.returncode != 0:
-        pytest.skip("the dev cluster is not running: scripts/dev-cluster.sh start")
-    os.environ.update(env)
+        start = (
+            "MQI_SLURM=25.11 scripts/dev-cluster.sh start"
+            if SLURM_FLAVOUR != "22.05"
+            else ("scripts/dev-cluster.sh start")
+        )
+        pytest.skip(f"the Slurm {SLURM_FLAVOUR} dev cluster is not running: {start}")
     return env
 
 

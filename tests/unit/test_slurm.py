@@ -1,7 +1,9 @@
-"""Slurm command lines and parsers, on output recorded from the real dev cluster (Slurm 22.05)."""
+"""Slurm command lines and parsers, on output recorded from the real dev clusters: Slurm 22.05
+(Debian's, in recorded/) and 25.11 (in recorded/25.11/), both by recorded/record.sh's scenario."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,47 +15,99 @@ from mqi.slurm import Phase
 RECORDED = Path(__file__).parent / "recorded"
 
 
-def read(name: str) -> str:
-    return (RECORDED / name).read_text()
+@dataclass(frozen=True)
+class Recording:
+    """One run of record.sh: where its files are and the ids its jobs got."""
+
+    version: str
+    folder: Path
+    array: str  # mqi.rec1.simulate --array=0-5%2
+    plain_post: str  # afterok:array
+    killed_post: str  # afterok:array --kill-on-invalid-dep=yes
+    held_post: str  # -H
+    pending_array: str  # mqi.rec2.simulate --array=0-4%1
+
+    def read(self, name: str) -> str:
+        return (self.folder / name).read_text()
+
+
+RECORDINGS = [
+    Recording("22.05", RECORDED, "6", "7", "8", "9", "15"),
+    Recording("25.11", RECORDED / "25.11", "1", "2", "3", "4", "10"),
+]
+
+
+@pytest.fixture(params=RECORDINGS, ids=[r.version for r in RECORDINGS])
+def rec(request: pytest.FixtureRequest) -> Recording:
+    return request.param
 
 
 def by_id(records: list[slurm.JobRecord]) -> dict[str, slurm.JobRecord]:
     return {record.job_id: record for record in records}
 
 
-def test_sacct_parses_every_end_state_of_an_array_and_its_dependants() -> None:
-    jobs = by_id(slurm.parse_sacct(read("sacct_mixed.txt")))
-    assert set(jobs) == {"6_0", "6_1", "6_2", "6_3", "6_4", "6_5", "7", "8", "9"}
-    assert slurm.phase_of(jobs["6_0"]) == (Phase.COMPLETED, None)
-    assert slurm.phase_of(jobs["6_1"]) == (Phase.FAILED, "exit code 3")
-    assert slurm.phase_of(jobs["6_2"]) == (Phase.FAILED, "signal 11")
-    phase, reason = slurm.phase_of(jobs["6_3"])
+def test_sacct_parses_every_end_state_of_an_array_and_its_dependants(rec: Recording) -> None:
+    jobs = by_id(slurm.parse_sacct(rec.read("sacct_mixed.txt")))
+    task = {i: jobs[f"{rec.array}_{i}"] for i in range(6)}
+    assert set(jobs) == {f"{rec.array}_{i}" for i in range(6)} | {
+        rec.plain_post,
+        rec.killed_post,
+        rec.held_post,
+    }
+    assert slurm.phase_of(task[0]) == (Phase.COMPLETED, None)
+    assert slurm.phase_of(task[1]) == (Phase.FAILED, "exit code 3")
+    assert slurm.phase_of(task[2]) == (Phase.FAILED, "signal 11")
+    phase, reason = slurm.phase_of(task[3])
     assert phase is Phase.CANCELLED and reason == "cancelled by 0"
-    assert jobs["6_5"].raw_id == "6" and jobs["6_5"].array_index == 5
-    assert jobs["6_1"].node == "vm" and jobs["6_5"].node is None
-    assert jobs["7"].comment is None  # pending jobs carry no comment in sacct yet
-    assert jobs["6_0"].comment == "mqi:rec1"
+    # The task that never started: 22.05 prints it as 6_5, 25.11 keeps it bracketed (1_[5%2]).
+    assert task[5].raw_id == rec.array and task[5].array_index == 5
+    assert slurm.phase_of(task[5]) == (Phase.CANCELLED, "cancelled by 0")
+    assert task[1].node == "vm" and task[5].node is None
+    assert jobs[rec.plain_post].comment is None  # pending jobs carry no comment in sacct yet
+    assert slurm.phase_of(jobs[rec.killed_post])[0] is Phase.CANCELLED
+    assert task[0].comment == "mqi:rec1"
 
 
-def test_sacct_expands_a_collapsed_pending_array() -> None:
-    jobs = by_id(slurm.parse_sacct(read("sacct_pending_array.txt")))
-    assert sorted(jobs) == ["15_0", "15_1", "15_2", "15_3", "15_4"]
-    assert jobs["15_3"].state == "PENDING" and jobs["15_3"].reason == "JobArrayTaskLimit"
-    assert slurm.phase_of(jobs["15_0"])[0] is Phase.RUNNING
+def test_sacct_expands_a_collapsed_pending_array(rec: Recording) -> None:
+    jobs = by_id(slurm.parse_sacct(rec.read("sacct_pending_array.txt")))
+    assert sorted(jobs) == [f"{rec.pending_array}_{i}" for i in range(5)]
+    waiting = jobs[f"{rec.pending_array}_3"]
+    assert waiting.state == "PENDING" and waiting.raw_id == rec.pending_array
+    assert slurm.phase_of(jobs[f"{rec.pending_array}_0"])[0] is Phase.RUNNING
 
 
-def test_squeue_shows_dependency_never_satisfied() -> None:
-    jobs = by_id(slurm.parse_squeue(read("squeue_after_cancel.txt")))
-    assert slurm.never_satisfied(jobs["7"])
-    assert not slurm.never_satisfied(jobs["9"])
-    assert jobs["9"].reason == "JobHeldUser"
-    assert jobs["8"].dependency == "afterok:6_*(failed)"
+def test_sacct_pending_reason_is_the_one_slurm_printed() -> None:
+    """22.05's sacct gives a pending job's reason; 25.11's says None (squeue has it)."""
+    old, new = RECORDINGS
+    assert by_id(slurm.parse_sacct(old.read("sacct_pending_array.txt")))["15_3"].reason == "JobArrayTaskLimit"
+    assert by_id(slurm.parse_sacct(new.read("sacct_pending_array.txt")))["10_3"].reason is None
+    assert by_id(slurm.parse_squeue(new.read("squeue_running.txt")))["1_5"].reason == "JobArrayTaskLimit"
 
 
-def test_squeue_running_array_tasks_have_nodes() -> None:
-    jobs = by_id(slurm.parse_squeue(read("squeue_running.txt")))
-    assert jobs["6_3"].state == "RUNNING" and jobs["6_3"].node == "vm"
-    assert slurm.parse_job_name(jobs["6_3"].name) == ("rec1", "simulate")
+def test_squeue_shows_dependency_never_satisfied(rec: Recording) -> None:
+    jobs = by_id(slurm.parse_squeue(rec.read("squeue_after_cancel.txt")))
+    assert slurm.never_satisfied(jobs[rec.plain_post])
+    assert slurm.phase_of(jobs[rec.plain_post]) == (Phase.PENDING, "DependencyNeverSatisfied")
+    assert not slurm.never_satisfied(jobs[rec.held_post])
+    assert jobs[rec.held_post].reason == "JobHeldUser"
+    assert jobs[rec.killed_post].dependency == f"afterok:{rec.array}_*(failed)"
+    assert slurm.phase_of(jobs[rec.killed_post])[0] is Phase.CANCELLED
+
+
+def test_squeue_running_array_tasks_have_nodes(rec: Recording) -> None:
+    jobs = by_id(slurm.parse_squeue(rec.read("squeue_running.txt")))
+    running = jobs[f"{rec.array}_3"]
+    assert running.state == "RUNNING" and running.node == "vm"
+    assert slurm.parse_job_name(running.name) == ("rec1", "simulate")
+    assert jobs[rec.plain_post].dependency == f"afterok:{rec.array}_*(unfulfilled)"
+    # 22.05 says JobLaunchFailure for the task killed by SIGSEGV, 25.11 RaisedSignal:11(...);
+    # either way the phase comes from the state.
+    assert slurm.phase_of(jobs[f"{rec.array}_2"])[0] is Phase.FAILED
+
+
+def test_sinfo_partition_line(rec: Recording) -> None:
+    info = slurm.parse_partition(rec.read("sinfo_partition.txt"))
+    assert info == slurm.PartitionInfo(name="gpu", available=True, gpus_per_node=4, nodes=1)
 
 
 @pytest.mark.parametrize(
