@@ -76,6 +76,13 @@ def wait_terminal(expected: set[str], timeout: float = 180) -> dict[str, slurm.J
         (command,) = slurm.sacct_commands(expected, since)
         records = slurm.latest_by_job(slurm.parse_sacct(sh("bash", "-c", command).stdout))
         ended = {i for i, r in records.items() if slurm.phase_of(r)[0] in slurm.TERMINAL}
+        # An array that never started may be listed by its tasks only (``N_[0-1%4]``, Slurm 25.11):
+        # its plain id has ended when every task listed for it has.
+        for job_id in expected - set(records):
+            tasks = [r for i, r in records.items() if slurm.parent_id(i) == job_id]
+            if tasks and all(t.job_id in ended for t in tasks):
+                records[job_id] = tasks[0]
+                ended.add(job_id)
         if expected <= ended and ended == set(records):
             return records
         time.sleep(1)

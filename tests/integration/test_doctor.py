@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,10 @@ def test_doctor_refuses_a_wrong_host_key(make_config: Callable[..., Path], tmp_p
     other = tmp_path / "other_host_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     known = tmp_path / "known_hosts"
-    known.write_text("[127.0.0.1]:2222 " + " ".join(other.with_suffix(".pub").read_text().split()[:2]) + "\n")
+    port = os.environ["MQI_TEST_SSH_PORT"]
+    known.write_text(
+        f"[127.0.0.1]:{port} " + " ".join(other.with_suffix(".pub").read_text().split()[:2]) + "\n"
+    )
     code, report, _ = doctor(make_config(cluster={"known_hosts": str(known)}))
     assert code == 1
     assert "does NOT match" in failed(report)["connection"]
@@ -48,7 +52,8 @@ def test_doctor_refuses_an_unknown_host(make_config: Callable[..., Path], tmp_pa
     code, report, _ = doctor(make_config(cluster={"known_hosts": str(known)}))
     assert code == 1
     assert "is not in" in failed(report)["connection"]
-    assert f"ssh-keyscan -p 2222 127.0.0.1 >> {known}" in failed(report)["connection"]
+    port = os.environ["MQI_TEST_SSH_PORT"]
+    assert f"ssh-keyscan -p {port} 127.0.0.1 >> {known}" in failed(report)["connection"]
 
 
 def test_doctor_flags_a_placeholder_host_and_missing_folders(

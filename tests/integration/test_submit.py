@@ -209,8 +209,11 @@ def test_sshd_dropped_mid_upload_resumes_without_a_partial_submit(
     try:
         # Cut the link at once: the listening sshd first (no reconnect), then this session.
         sshd_pid = (Path(os.environ["MQI_DEV_DIR"]) / "run" / "sshd.pid").read_text().strip()
+        sessions = subprocess.run(["pgrep", "-P", sshd_pid], capture_output=True, text=True).stdout.split()
         os.kill(int(sshd_pid), signal.SIGKILL)
-        subprocess.run(["pkill", "-KILL", "-f", "sshd: mqitest"], capture_output=True)
+        for session in sessions:  # only this sshd's sessions: another flavour's stay up
+            subprocess.run(["pkill", "-KILL", "-P", session], capture_output=True)
+            subprocess.run(["kill", "-KILL", session], capture_output=True)
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 1, stderr
         final = partial[0].parent.with_suffix("")
