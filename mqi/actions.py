@@ -13,6 +13,7 @@ from mqi.config import Config
 from mqi.errors import OperationalError, UsageError
 from mqi.slurm.backend import SlurmBackend
 from mqi.store import IN_PROGRESS_CASE_STATUSES, Beam, Case, Job, Store
+from mqi.textsafe import shell_quote_path as quote_path
 from mqi.transport import RemoteFiles
 
 RETRYABLE_CASE_STATUSES = frozenset({"failed", "cancelled"})
@@ -94,7 +95,12 @@ def cancel_case(store: Store, backend: SlurmBackend, case_id: str) -> list[str]:
 
 
 def retry_case(
-    config: Config, store: Store, backend: SlurmBackend, case_id: str, beams: list[int] | None = None
+    config: Config,
+    store: Store,
+    backend: SlurmBackend,
+    files: RemoteFiles,
+    case_id: str,
+    beams: list[int] | None = None,
 ) -> dict[str, str | None]:
     """Resubmit only the failed (or the named) beams and a new post job; results merge."""
     case = store.require_case(case_id)
@@ -113,6 +119,11 @@ def retry_case(
     if not chosen:
         raise UsageError(f"case {case_id} has no failed beam to retry; name one with --beam")
     indices = sorted(beam.array_index for beam in chosen)
+    if not files.exists(f"{case.remote_dir}/jobs/submit.sh"):
+        raise UsageError(
+            f"case {case_id} cannot be retried: its folder on the cluster was removed (retention or a "
+            f"scratch purge); submit it again with `mqi submit --force {quote_path(case.source_dir)}`"
+        )
     ids = submit_chain(backend, case.remote_dir, only_indices=indices)
     reason = f"mqi retry of beam(s) {', '.join(str(b.number) for b in chosen)}"
     record_chain(store, case_id, ids, reason=reason, indices=indices)

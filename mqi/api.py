@@ -175,12 +175,21 @@ class Session:
         from mqi.poll import Poller
 
         report = Poller(self.config, self.store, self.transport, log=self.log).poll_once()
-        self._send_results(report.delivered)
+        self._after_delivery(report.delivered)
         return report
 
-    def _send_results(self, delivered: list[str]) -> None:
+    def _after_delivery(self, delivered: list[str]) -> None:
+        """Delivered cases: their local bundle goes (retention.local_bundle), their doses are
+        sent to the DICOM destinations."""
+        import shutil
+
         from mqi import sends
 
+        if self.config.retention.local_bundle == "delete-after-delivery":
+            for case_id in delivered:
+                case = self.store.get_case(case_id)
+                if case is not None:
+                    shutil.rmtree(self.config.bundles_dir / case.case_uid, ignore_errors=True)
         if not sends.destinations(self.config):
             return
         for case_id in delivered:
@@ -198,7 +207,7 @@ class Session:
         poller = Poller(self.config, self.store, self.transport, log=self.log)
 
         def cycle(report: PollReport) -> None:
-            self._send_results(report.delivered)
+            self._after_delivery(report.delivered)
             if on_cycle is not None:
                 on_cycle(report)
 
@@ -245,27 +254,39 @@ class Session:
         import threading
 
         every = interval or self.config.poll.interval_seconds
+        longest = max(every, self.config.poll.max_interval_seconds)
         self.log(f"mqi run: scanning {self.config.watch_dir} and polling every {every:.0f}s")
         if self.config.dicom is not None and self.config.dicom.allowed:
             listener = threading.Thread(
                 target=self.listen, kwargs={"should_stop": should_stop}, name="mqi-listen", daemon=True
             )
             listener.start()
+        delay, cleaned = every, float("-inf")
         while not should_stop():
+            busy = False
             for name, step in (("scan", self.scan), ("poll", self.poll)):
                 try:
                     report = step()
                 except Exception as error:  # the service keeps running; the next cycle retries
-                    what = one_line(error)
-                    self.log(f"{name} failed, retrying next cycle: {what}")
+                    self.log(f"{name} failed, retrying next cycle: {one_line(error)}")
+                    busy = True
                     continue
                 for case_id in getattr(report, "submitted", []):
                     self.log(f"submitted {case_id}")
                 for case_id in getattr(report, "delivered", []):
                     self.log(f"delivered {case_id}")
-            deadline = time.monotonic() + every
+                busy = busy or bool(getattr(report, "submitted", None) or getattr(report, "changes", 0))
+            if time.monotonic() - cleaned >= 24 * 3600:
+                cleaned = time.monotonic()
+                try:
+                    self.clean()
+                except Exception as error:
+                    self.log(f"clean failed, retrying tomorrow: {one_line(error)}")
+            # While nothing happens, Slurm is asked less and less often (poll.max_interval_seconds).
+            delay = every if busy else min(delay * 1.5, longest)
+            deadline = time.monotonic() + delay
             while not should_stop() and time.monotonic() < deadline:
-                time.sleep(min(0.5, every))
+                time.sleep(min(0.5, delay))
         self.log("mqi run: stopped")
 
     # -- looking and acting -------------------------------------------------------------
@@ -296,8 +317,16 @@ class Session:
     def retry(self, case_id: str, beams: list[int] | None = None) -> dict[str, str | None]:
         """Resubmit the failed (or the named) beams and a new post job. Returns the job ids."""
         from mqi.actions import retry_case
+        from mqi.transport import RemoteFiles
 
-        return retry_case(self.config, self.store, self.backend, case_id, beams)
+        return retry_case(self.config, self.store, self.backend, RemoteFiles(self.transport), case_id, beams)
+
+    def clean(self, *, dry_run: bool = False) -> Any:
+        """Retention: remove or archive what finished cases leave behind (see ``retention:``)."""
+        from mqi.retention import clean
+        from mqi.transport import RemoteFiles
+
+        return clean(self.config, self.store, RemoteFiles(self.transport), dry_run=dry_run, log=self.log)
 
     def top(self, case_id: str) -> list[str]:
         from mqi.actions import top_case
@@ -315,7 +344,8 @@ class Session:
 
         return live_queue(self.store, self.backend)
 
-    def doctor(self) -> list[Check]:
+    def doctor(self, *, job: bool = False) -> list[Check]:
+        """`mqi doctor`: every check of the config and the cluster (``job``: and a test GPU job)."""
         from mqi.doctor import run_checks
 
-        return run_checks(self.config, self.transport)
+        return run_checks(self.config, self.transport, job=job)

@@ -124,7 +124,10 @@ def _default_priorities() -> dict[str, Priority]:
 class SlurmConfig(_Model):
     """What every job asks Slurm for."""
 
-    partition: str = Field("gpu", description="Partition for all three steps.")
+    partition: str = Field("gpu", description="Partition of the simulation (GPU) jobs.")
+    cpu_partition: str | None = Field(
+        None, description="Partition of the prepare and post jobs, which need no GPU (None: `partition`)."
+    )
     account: str | None = Field(None, description="sbatch --account.")
     qos: str | None = Field(None, description="sbatch --qos for every job (a priority may override).")
     gpus_per_beam: int = Field(1, ge=1, description="--gres=gpu:N for each beam's simulation task.")
@@ -228,10 +231,43 @@ class IntakeConfig(_Model):
 class PollConfig(_Model):
     """How the poller follows Slurm."""
 
-    interval_seconds: float = Field(30, gt=0, description="`mqi run`/`poll --wait`: seconds between cycles.")
+    interval_seconds: float = Field(
+        60, gt=0, description="`mqi run`/`poll --wait`: seconds between cycles while cases are active."
+    )
+    max_interval_seconds: float = Field(
+        300, gt=0, description="While nothing changes the wait between cycles grows up to this."
+    )
     lost_grace_seconds: float = Field(
         120, ge=0, description="A job missing from squeue and sacct this long is lost and resubmitted."
     )
+
+
+class RetentionConfig(_Model):
+    """What `mqi clean` (and `mqi run`, once a day) removes or archives. Nothing of a case that
+    is still active is ever touched."""
+
+    remote_days: float = Field(
+        14, ge=0, description="Remove a case's folder on the cluster this many days after delivery."
+    )
+    old_days: float = Field(
+        7,
+        ge=0,
+        description="Remove the `<uid>.old-*` folders that `submit --force` set aside after this many days.",
+    )
+    keep_raw: bool = Field(
+        False,
+        description="Keep the engine's raw output on the cluster after the post job wrote every RT Dose.",
+    )
+    local_bundle: Literal["delete-after-delivery", "keep"] = Field(
+        "delete-after-delivery",
+        description="The rendered bundle under state_dir (a copy of the patient's DICOM).",
+    )
+    archive_after_days: float | None = Field(
+        90,
+        ge=0,
+        description="Move delivered results older than this into a compressed archive (None: never).",
+    )
+    archive_dir: Path | None = Field(None, description="Where archives go (default: <results_dir>/archive).")
 
 
 class Config(_Model):
@@ -246,6 +282,7 @@ class Config(_Model):
     moqui: MoquiConfig = Field(default_factory=MoquiConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     poll: PollConfig = Field(default_factory=PollConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     dicom: DicomConfig | None = Field(None, description="DICOM networking (`mqi listen`); absent: off.")
 
     source: Path | None = Field(None, exclude=True, description="The file this was loaded from.")

@@ -27,7 +27,7 @@ def _first_word(command: str) -> str:
     return words[0] if words else ""
 
 
-def run_checks(config: Config, transport: Transport) -> list[Check]:
+def run_checks(config: Config, transport: Transport, *, job: bool = False) -> list[Check]:
     """Every check, in order; after a failed connection the cluster checks are skipped."""
     checks = [Check("config", True, str(config.source or "defaults")), *local_checks(config)]
     try:
@@ -55,9 +55,16 @@ def run_checks(config: Config, transport: Transport) -> list[Check]:
     workspace = quote(config.cluster.remote_dir)
     remote(
         "remote workspace",
-        f'mkdir -p {workspace} && probe=$(mktemp {workspace}/.mqi-doctor.XXXXXX) && rm -f "$probe"',
+        f"umask 077 && mkdir -p {workspace} && "
+        f'probe=$(mktemp {workspace}/.mqi-doctor.XXXXXX) && rm -f "$probe"',
         lambda _: f"{config.cluster.remote_dir} is writable",
         "set cluster.remote_dir to a folder the cluster user can write",
+    )
+    remote(
+        "workspace private",
+        f"m=$(stat -c %a {workspace}) && case $m in *00) echo $m;; *) echo $m >&2; exit 1;; esac",
+        lambda mode: f"{config.cluster.remote_dir} is {mode}: only the cluster user reads it",
+        f"other users can read it: chmod 700 {workspace} (it holds patient data)",
     )
     remote(
         "slurm commands",
@@ -94,6 +101,13 @@ def run_checks(config: Config, transport: Transport) -> list[Check]:
         lambda out: f"{python}: mqi {out}",
         "install mqi on the cluster and set cluster.python (the post job runs python -m mqi.post)",
     )
+    if job:
+        remote(
+            "test GPU job",
+            slurm.test_job_command(config.slurm, config.cluster.remote_dir),
+            lambda out: out.splitlines()[-1] if out else "ran",
+            "the job failed: check slurm.partition, slurm.prologue and the GPU request",
+        )
     return checks + dicom_checks(config)
 
 

@@ -460,6 +460,7 @@ def _script_context(case: Case, config: Config, engine: EngineSettings, priority
         "expected_bytes": grid.rows * grid.columns * grid.slices * 8 if engine.grid_sized else 0,
         "checksums": CHECKSUMS_NAME,
         "sbatch": slurm_syntax.sbatch_submit_lines(priority, config.slurm.max_parallel_beams),
+        "keep_raw": config.retention.keep_raw,
     }
 
 

@@ -43,14 +43,21 @@ def init(
     out.print(f"wrote {target}: edit cluster, slurm and moqui, then run `mqi doctor`")
 
 
-def doctor(config: ConfigOption = None, as_json: JsonOption = False, fmt: FormatOption = None) -> None:
+def doctor(
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    fmt: FormatOption = None,
+    job: Annotated[
+        bool, typer.Option("--job", help="Also run a one-minute GPU test job and wait for it.")
+    ] = False,
+) -> None:
     """Check config, connection, host key, workspace, Slurm, partition, engine and remote Python."""
     from mqi.cli import views
     from mqi.doctor import checks_json
 
     chosen = output_format(fmt, as_json)
     with session(config) as mqi:
-        checks = mqi.doctor()
+        checks = mqi.doctor(job=job)
     if chosen == "json":
         print_json(checks_json(checks))
     else:

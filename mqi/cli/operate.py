@@ -15,6 +15,7 @@ from mqi.cli.common import (
     UtcOption,
     config_path,
     handle_errors,
+    log,
     out,
     output_format,
     print_json,
@@ -23,7 +24,7 @@ from mqi.cli.common import (
 
 
 def register(app: typer.Typer) -> None:
-    for command in (poll, status, queue, cancel, retry, top, logs, scan, run, listen):
+    for command in (poll, status, queue, cancel, retry, top, logs, scan, run, listen, clean):
         app.command()(handle_errors(command))
     cron_app = typer.Typer(help="Manage the crontab line that runs `mqi scan` and `mqi poll`.")
     cron_app.command("install")(handle_errors(cron_install))
@@ -223,6 +224,34 @@ def listen(config: ConfigOption = None) -> None:
     signal.signal(signal.SIGINT, request_stop)
     with session(config) as mqi:
         mqi.listen(should_stop=lambda: stop["now"])
+
+
+def clean(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go, remove nothing.")] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    fmt: FormatOption = None,
+) -> None:
+    """Retention: remove what finished cases left on the cluster and here, archive old results."""
+    from mqi.cli import views
+
+    chosen = output_format(fmt, as_json)
+    with session(config) as mqi:
+        report = mqi.clean(dry_run=dry_run)
+    if chosen == "json":
+        print_json(report.to_json())
+    else:
+        table = views.Rows("mqi clean", ["what", "case", "bytes", "path"])
+        for item in report.items:
+            table.rows.append([item.kind, item.case_id or "", str(item.bytes), item.path])
+        views.emit(table, chosen, out)
+        if chosen == "table":
+            verb = "would free" if dry_run else "freed"
+            out.print(f"{len(report.items)} item(s); {verb} {report.bytes_freed / 1e6:.1f} MB", markup=False)
+    for error in report.errors:
+        log(f"clean: {error}")
+    if report.errors:
+        raise typer.Exit(1)
 
 
 def cron_install(

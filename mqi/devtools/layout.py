@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "mqi.scan": 5,
     "mqi.doctor": 5,
     "mqi.sends": 5,
+    "mqi.retention": 5,
     # the public API and its shells
     "mqi.api": 6,
     "mqi.cli": 7,

@@ -27,6 +27,7 @@ from mqi.slurm.commands import (
     slurm_time_to_utc_iso,
     squeue_command,
     submit_command,
+    test_job_command,
     tools_command,
 )
 from mqi.slurm.names import (
@@ -127,5 +128,6 @@ __all__ = [
     "squeue_command",
     "submit_command",
     "task_log_glob",
+    "test_job_command",
     "tools_command",
 ]

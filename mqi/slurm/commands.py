@@ -173,12 +173,19 @@ def _step_resources(step: str, slurm: SlurmConfig, beam_count: int) -> list[str]
     ]
 
 
+def _partition(step: str, slurm: SlurmConfig) -> str:
+    """prepare and post need no GPU: they go to ``cpu_partition`` when one is set."""
+    if step != "simulate" and slurm.cpu_partition:
+        return directive("partition", "slurm.cpu_partition", slurm.cpu_partition)
+    return directive("partition", "slurm.partition", slurm.partition)
+
+
 def sbatch_directives(step: str, slurm: SlurmConfig, case_uid: str, beam_count: int) -> list[str]:
     """The options of a job script's ``#SBATCH`` lines, in order."""
     lines = [
         f"--job-name={job_name(case_uid, step)}",
         f"--comment={job_comment(case_uid)}",
-        directive("partition", "slurm.partition", slurm.partition),
+        _partition(step, slurm),
     ]
     if slurm.account:
         lines.append(directive("account", "slurm.account", slurm.account))
@@ -222,6 +229,35 @@ def tools_command() -> str:
 def accounting_command() -> str:
     """Answers (rc 0) only when slurmdbd accounting works."""
     return "sacct -X -n --parsable2 -S now-1minutes --format=JobID"
+
+
+def test_job_command(slurm: SlurmConfig, workspace: str) -> str:
+    """`mqi doctor --job`: a one-minute GPU job through the configured prologue, waited for;
+    prints its output (``CUDA_VISIBLE_DEVICES``, the GPUs it sees) and fails when the job did."""
+    script = "; ".join(
+        [
+            *slurm.prologue,
+            'echo "mqi doctor job on $(hostname): CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-}"',
+        ]
+    )
+    out = f"{workspace}/.mqi-doctor-%j.out"
+    options = [
+        "--parsable",
+        "--wait",
+        "--job-name=mqi.doctor",
+        directive("partition", "slurm.partition", slurm.partition),
+        directive("gres", "slurm.gpus_per_beam", f"gpu:{slurm.gpus_per_beam}"),
+        "--time=1",
+        f"--output={quote(out)}",
+    ]
+    if slurm.account:
+        options.append(directive("account", "slurm.account", slurm.account))
+    if slurm.qos:
+        options.append(directive("qos", "slurm.qos", slurm.qos))
+    return (
+        f"id=$(sbatch {' '.join(options)} --wrap={quote(script)}); rc=$?; "
+        f'f={quote(workspace)}/.mqi-doctor-"${{id%%;*}}".out; cat "$f" 2>/dev/null; rm -f "$f"; exit $rc'
+    )
 
 
 def partition_command(partition: str) -> str:

@@ -106,3 +106,35 @@ class RemoteFiles:
         tests = " ".join(f"[ -f {quote(name)} ] && printf '%s\\n' {quote(name)};" for name in names)
         result = self.transport.run(f"cd {quote(root)} 2>/dev/null && {{ {tests} true; }}", timeout=60)
         return {line for line in result.stdout.splitlines() if line} & set(names)
+
+    def sizes(self, paths: list[str]) -> dict[str, int]:
+        """Bytes under each path that exists (``du -sb``), in one round trip."""
+        if not paths:
+            return {}
+        result = self.transport.run("du -sb -- " + " ".join(quote(p) for p in paths) + " 2>/dev/null; true")
+        found = {}
+        for line in result.stdout.splitlines():
+            size, _, path = line.partition("\t")
+            if size.isdigit() and path:
+                found[path] = int(size)
+        return found
+
+    def folders_older_than(self, root: str, pattern: str, days: float) -> list[str]:
+        """Folders directly under ``root`` whose name matches the glob ``pattern``, last
+        changed more than ``days`` days ago."""
+        minutes = int(days * 24 * 60)
+        age = f"-mmin +{minutes} " if minutes > 0 else ""
+        result = self.transport.run(
+            f"find {quote(root)} -mindepth 1 -maxdepth 1 -type d -name {quote(pattern)} {age}-print"
+            " 2>/dev/null; true",
+            timeout=120,
+        )
+        return sorted(line for line in result.stdout.splitlines() if line)
+
+    def remove_trees(self, paths: list[str]) -> None:
+        """``rm -rf`` each path (one round trip)."""
+        if not paths:
+            return
+        result = self.transport.run("rm -rf -- " + " ".join(quote(p) for p in paths), timeout=600)
+        if not result.ok:
+            raise OperationalError(f"cannot remove folders on the cluster: {result.first_error_line()}")

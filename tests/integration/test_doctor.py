@@ -9,14 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import run_mqi
 
 pytestmark = pytest.mark.cluster
 
 
-def doctor(config: Path) -> tuple[int, dict, str]:
-    result = run_mqi("doctor", "--config", str(config), "--json", timeout=120)
+def doctor(config: Path, *extra: str) -> tuple[int, dict, str]:
+    result = run_mqi("doctor", "--config", str(config), "--json", *extra, timeout=180)
     return result.returncode, json.loads(result.stdout), result.stderr
 
 
@@ -54,6 +55,20 @@ def test_doctor_refuses_an_unknown_host(make_config: Callable[..., Path], tmp_pa
     assert "is not in" in failed(report)["connection"]
     port = os.environ["MQI_TEST_SSH_PORT"]
     assert f"ssh-keyscan -p {port} 127.0.0.1 >> {known}" in failed(report)["connection"]
+
+
+def test_doctor_job_runs_a_gpu_job_and_flags_a_readable_workspace(
+    make_config: Callable[..., Path], cluster: dict[str, str]
+) -> None:
+    config = make_config("local")
+    code, report, _ = doctor(config, "--job")
+    assert code == 0, failed(report)
+    details = {check["name"]: check["detail"] for check in report["checks"]}
+    assert "CUDA_VISIBLE_DEVICES=" in details["test GPU job"]
+    workspace = Path(yaml.safe_load(config.read_text())["cluster"]["remote_dir"])
+    workspace.chmod(0o755)
+    code, report, _ = doctor(config)
+    assert code == 1 and "chmod 700" in failed(report)["workspace private"]
 
 
 def test_doctor_flags_a_placeholder_host_and_missing_folders(
