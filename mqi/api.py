@@ -364,6 +364,7 @@ class Session:
         elapsed = time.monotonic() - started
         error = "; ".join(report.errors) or None
         self._record(lambda: self.store.record_poll_cycle(elapsed, not report.errors, error))
+        self._record(self.store.record_durations)
         if report.delivered:
             downloaded = self._bytes_of(report.delivered)
             self._record(lambda: self.store.add_counters({"bytes_downloaded": downloaded}))

@@ -96,6 +96,13 @@ _V3 = [
         value REAL NOT NULL DEFAULT 0,
         at TEXT
     )""",
+    """CREATE TABLE histograms (
+        name TEXT PRIMARY KEY,
+        bounds_json TEXT NOT NULL,
+        cumulative_json TEXT NOT NULL,
+        total REAL NOT NULL,
+        at TEXT NOT NULL
+    )""",
     """CREATE TABLE partitions (
         partition TEXT PRIMARY KEY,
         gpus_total INTEGER,
@@ -107,6 +114,7 @@ _V3 = [
        SELECT 'events_logged_through', COALESCE(MAX(id), 0), NULL FROM events""",
     "CREATE INDEX IF NOT EXISTS cases_created ON cases(created_at)",
     "CREATE INDEX IF NOT EXISTS beams_status ON beams(status)",
+    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
 ]
 
 
@@ -121,7 +129,7 @@ def _run(statements: Sequence[str]) -> Callable[[sqlite3.Connection], None]:
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run(_V1),  # v1: cases, beams, jobs, events
     _run(_V2),  # v2: attempts, delivered_at, generation, dose_file, indexes, append-only events
-    _run(_V3),  # v3: poll cycles, counters and partitions for the dashboard and /metrics
+    _run(_V3),  # v3: poll cycles, counters, histograms, partitions for the dashboard and /metrics
 ]
 """Forward migrations; ``MIGRATIONS[n]`` takes a database from version n to n + 1."""
 SCHEMA_VERSION = len(MIGRATIONS)

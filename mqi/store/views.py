@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -245,42 +247,79 @@ class ViewQueries(Database):
     # -- /metrics
 
     def metrics_snapshot(self) -> MetricsSnapshot:
-        """Everything ``/metrics`` shows, read in one transaction-free pass over SQLite."""
+        """Everything ``/metrics`` shows, read from SQLite: counts, counters, and the duration
+        histograms as the last poll cycle stored them (:meth:`record_durations`)."""
         counters = self.counters()
+        wait, run = self._durations()
         return MetricsSnapshot(
             cases_by_status=self._counts("SELECT status, COUNT(*) FROM cases GROUP BY status"),
             beams_by_status=self._counts("SELECT status, COUNT(*) FROM beams GROUP BY status"),
             jobs_by_state=self._counts(
                 "SELECT COALESCE(state, 'UNKNOWN'), COUNT(*) FROM jobs GROUP BY COALESCE(state, 'UNKNOWN')"
             ),
-            queue_wait=self._histogram(
-                "(julianday(b.started_at) - julianday(j.submitted_at)) * 86400",
-                "FROM beams b JOIN jobs j ON j.job_id = substr(b.job_id, 1, instr(b.job_id || '_', '_') - 1)"
-                " WHERE b.started_at IS NOT NULL AND j.submitted_at IS NOT NULL",
-                WAIT_BUCKETS,
-            ),
-            run_time=self._histogram(
-                "(julianday(b.ended_at) - julianday(b.started_at)) * 86400",
-                "FROM beams b WHERE b.started_at IS NOT NULL AND b.ended_at IS NOT NULL",
-                RUN_BUCKETS,
-            ),
+            queue_wait=wait,
+            run_time=run,
             counters={name: counters.get(name, 0.0) for name in COUNTERS},
             poll_seconds_sum=counters.get("poll_seconds", 0.0),
             last_poll=self.last_poll(),
             last_ok_poll_at=self._counter_at("poll_cycles_ok"),
         )
 
-    def _counts(self, sql: str) -> dict[str, int]:
-        return {str(key): int(count) for key, count in self._conn.execute(sql)}
+    def record_durations(self) -> None:
+        """Compute the beams' queue-wait and run-time histograms and store them for ``/metrics``
+        (the poller calls this after each cycle: a scrape then reads two rows, not every beam)."""
+        wait = self._histogram(
+            "(julianday(b.started_at) - julianday(j.submitted_at)) * 86400",
+            "FROM beams b JOIN jobs j ON j.job_id = substr(b.job_id, 1, instr(b.job_id || '_', '_') - 1)"
+            " WHERE b.started_at IS NOT NULL AND j.submitted_at IS NOT NULL",
+            WAIT_BUCKETS,
+        )
+        run = self._histogram(
+            "(julianday(b.ended_at) - julianday(b.started_at)) * 86400",
+            "FROM beams b WHERE b.started_at IS NOT NULL AND b.ended_at IS NOT NULL",
+            RUN_BUCKETS,
+        )
+        now = now_iso()
+        with self.transaction():
+            for name, histogram in (("queue_wait", wait), ("run_time", run)):
+                total = histogram.total
+                self._conn.execute(
+                    "INSERT INTO histograms (name, bounds_json, cumulative_json, total, at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
+                    " bounds_json = excluded.bounds_json, cumulative_json = excluded.cumulative_json,"
+                    " total = excluded.total, at = excluded.at",
+                    [name, json.dumps(histogram.bounds), json.dumps(histogram.cumulative), total, now],
+                )
+
+    def _durations(self) -> tuple[Histogram, Histogram]:
+        stored = {
+            name: Histogram(tuple(json.loads(bounds)), json.loads(cumulative), float(total))
+            for name, bounds, cumulative, total in self._conn.execute(
+                "SELECT name, bounds_json, cumulative_json, total FROM histograms"
+            )
+        }
+        empty_wait = Histogram(WAIT_BUCKETS, [0] * (len(WAIT_BUCKETS) + 1), 0.0)
+        empty_run = Histogram(RUN_BUCKETS, [0] * (len(RUN_BUCKETS) + 1), 0.0)
+        return stored.get("queue_wait", empty_wait), stored.get("run_time", empty_run)
 
     def _histogram(self, value: str, source: str, bounds: Sequence[float]) -> Histogram:
-        # One pass: the value once per row in a subquery, every bucket summed over it.
-        buckets = ", ".join(f"SUM(v <= {float(bound)!r})" for bound in bounds)
-        row = self._conn.execute(
-            f"SELECT {buckets}, COUNT(v), TOTAL(v) FROM (SELECT MAX({value}, 0) AS v {source})"
-        ).fetchone()
-        *cumulative, count, total = row
-        return Histogram(tuple(bounds), [int(c or 0) for c in cumulative] + [int(count)], float(total))
+        # The value once per row (MATERIALIZED: a flattened subquery would compute it again for
+        # every bucket), each row counted in its own bucket, then summed up cumulatively.
+        bucket = " ".join(f"WHEN v <= {float(bound)!r} THEN {i}" for i, bound in enumerate(bounds))
+        rows = self._conn.execute(
+            f"WITH d(v) AS MATERIALIZED (SELECT MAX({value}, 0) {source})"
+            f" SELECT CASE {bucket} ELSE {len(bounds)} END AS bucket, COUNT(*), TOTAL(v)"
+            " FROM d GROUP BY bucket"
+        ).fetchall()
+        per_bucket = [0] * (len(bounds) + 1)
+        total = 0.0
+        for index, count, seconds in rows:
+            per_bucket[index] = int(count)
+            total += float(seconds)
+        return Histogram(tuple(bounds), list(itertools.accumulate(per_bucket)), total)
+
+    def _counts(self, sql: str) -> dict[str, int]:
+        return {str(key): int(count) for key, count in self._conn.execute(sql)}
 
 
 _NO_BEAMS: dict[str, Any] = {
