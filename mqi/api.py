@@ -316,6 +316,7 @@ class Session:
             "last": last,
             "last_ok_at": last_ok_at,
             "age_seconds": age,
+            "interval_seconds": self.config.poll.interval_seconds,
             "stale_after_seconds": limit,
             "stale": age is None or age > limit,
         }
@@ -419,21 +420,28 @@ class _RecordedPoller:
 
 
 def _waited_ran(row: dict[str, Any], now: float) -> dict[str, float | None]:
-    """Seconds from submission to the first beam's start (so far, while it waits), and from
-    there to the last beam's end (so far, while it runs)."""
+    """Seconds from the (latest) submission to the first beam's start since then (so far,
+    while it waits), and from there to the last beam's end (so far, while it runs)."""
     from mqi.clock import parse_utc
 
     def seconds(value: str | None) -> float | None:
         return None if not value else parse_utc(value).timestamp()
 
     submitted, started = seconds(row.get("submitted_at")), seconds(row.get("first_started_at"))
-    ended = seconds(row.get("last_ended_at")) or seconds(row.get("finished_at"))
     still_going = row.get("status") in ("submitted", "running", "postprocessing")
-    if submitted is None:
-        waited = None
-    elif started is not None:
-        waited = started - submitted
-    else:
-        waited = now - submitted if still_going else None
-    ran = None if started is None else (now if still_going else (ended or now)) - started
-    return {"waited_seconds": waited, "ran_seconds": ran}
+    waited: float | None = None
+    if submitted is not None:
+        if started is not None:
+            waited = started - submitted
+        elif still_going:
+            waited = now - submitted
+    ran: float | None = None
+    if started is not None:
+        ended = seconds(row.get("last_ended_at"))
+        if ended is None or ended < started:  # a retried beam's end is its new one, or the case's
+            ended = seconds(row.get("finished_at"))
+        ran = (now if still_going or ended is None else ended) - started
+    return {
+        "waited_seconds": None if waited is None else max(0.0, waited),
+        "ran_seconds": None if ran is None else max(0.0, ran),
+    }

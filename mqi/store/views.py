@@ -100,9 +100,12 @@ class ViewQueries(Database):
         return rows, total
 
     def _beam_sums(self, case_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        # The first start since the (latest) submission: a retry's beams, not the first attempt's.
         cursor = self._conn.execute(
-            "SELECT case_id, SUM(status = 'completed'), SUM(status = 'failed'), SUM(status = 'running'),"
-            f" MIN(started_at), MAX(ended_at) FROM beams WHERE case_id IN {_ANY_OF} GROUP BY case_id",
+            "SELECT b.case_id, SUM(b.status = 'completed'), SUM(b.status = 'failed'),"
+            " SUM(b.status = 'running'), MIN(CASE WHEN b.started_at >= c.submitted_at THEN b.started_at END),"
+            " MAX(b.ended_at) FROM beams b JOIN cases c ON c.case_id = b.case_id"
+            f" WHERE b.case_id IN {_ANY_OF} GROUP BY b.case_id",
             [_json_list(case_ids)],
         )
         return {

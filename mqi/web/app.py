@@ -61,7 +61,7 @@ def local_time(value: str | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
+    if seconds is None or seconds < 0:
         return ""
     seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
