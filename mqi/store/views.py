@@ -306,11 +306,12 @@ class ViewQueries(Database):
         return stored.get("queue_wait", empty_wait), stored.get("run_time", empty_run)
 
     def _histogram(self, value: str, source: str, bounds: Sequence[float]) -> Histogram:
+        # Rounded to ms: julianday differences carry float noise (600 s would be 600.00001).
         # The value once per row (MATERIALIZED: a flattened subquery would compute it again for
         # every bucket), each row counted in its own bucket, then summed up cumulatively.
         bucket = " ".join(f"WHEN v <= {float(bound)!r} THEN {i}" for i, bound in enumerate(bounds))
         rows = self._conn.execute(
-            f"WITH d(v) AS MATERIALIZED (SELECT MAX({value}, 0) {source})"
+            f"WITH d(v) AS MATERIALIZED (SELECT MAX(ROUND({value}, 3), 0) {source})"
             f" SELECT CASE {bucket} ELSE {len(bounds)} END AS bucket, COUNT(*), TOTAL(v)"
             " FROM d GROUP BY bucket"
         ).fetchall()
