@@ -35,7 +35,8 @@ die() { say "ERROR: $*"; exit 1; }
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (it starts system daemons)"; }
 
 packages=(slurm-wlm slurmctld slurmd slurm-client slurmdbd munge mariadb-server
-  openssh-server openssh-client python3-venv dicom3tools procps)
+  openssh-server openssh-client python3-venv dicom3tools procps
+  chromium chromium-driver)
 
 cmd_install() {
   need_root
