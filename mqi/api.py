@@ -360,7 +360,7 @@ class Session:
         except Exception as error:
             what = one_line(error)
             self._record(lambda: self.store.record_poll_cycle(time.monotonic() - started, False, what))
-            self._log_state_changes()
+            self._log_state_changes(problem=f"poll cycle failed: {what}")
             raise
         elapsed = time.monotonic() - started
         error = "; ".join(report.errors) or None
@@ -369,7 +369,7 @@ class Session:
         if report.delivered:
             downloaded = self._bytes_of(report.delivered)
             self._record(lambda: self.store.add_counters({"bytes_downloaded": downloaded}))
-        self._log_state_changes()
+        self._log_state_changes(problem=None if error is None else f"poll cycle failed: {error}")
         return report
 
     def _after_submit(self, outcome: SubmitOutcome | None, error: BaseException | None) -> None:
@@ -396,14 +396,17 @@ class Session:
         except Exception as error:
             self.log(f"could not record metrics: {one_line(error)}")
 
-    def _log_state_changes(self) -> None:
-        """Write the events not yet in state_dir/logs/mqi.log there, one line each."""
+    def _log_state_changes(self, problem: str | None = None) -> None:
+        """Write the events not yet in state_dir/logs/mqi.log there, one line each (and a
+        failed poll cycle as a warning: Slurm's or the cluster's words, no case folder)."""
         from mqi.logs import log_state_changes, logger_for
 
         def write() -> None:
             logger = logger_for(self.config.state_dir)
             while log_state_changes(logger, self.store.claim_events_to_log()):
                 pass
+            if problem:
+                logger.warning(problem)
 
         self._record(write)
 
