@@ -113,6 +113,7 @@ def case_statuses(base: str) -> dict[str, str]:
 def test_dashboard_on_real_runs(
     make_config: Callable[..., Path], tmp_path: Path, unique: str, browser: object, artifacts: Path
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -144,14 +145,14 @@ def test_dashboard_on_real_runs(
         assert driver.find_elements(By.CSS_SELECTOR, "table.queue tr[data-job]")
         shot("queue")
 
-        wait_for(
-            "both cases to finish",
-            lambda: (
-                case_statuses(base).get(good["case_id"]) == "completed"
-                and case_statuses(base).get(bad["case_id"]) == "failed"
-            ),
-            300,
-        )
+        # The case list, opened while the cases run, follows them without a reload (htmx).
+        driver.get(f"{base}/cases")
+        driver.execute_script("window.mqiNotReloaded = true")
+        final = {good["case_id"]: "completed", bad["case_id"]: "failed"}
+        WebDriverWait(
+            driver, 300, poll_frequency=1, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(lambda d: pills(d) == final)
+        assert driver.execute_script("return window.mqiNotReloaded") is True, "the page was reloaded"
 
         # The case list: a completed and a failed case, the failure's reason in its row.
         driver.get(f"{base}/cases")
@@ -255,6 +256,16 @@ def build_small(root: Path, name: str) -> Path:
     folder = root / name
     build_case(folder, ct_shape=(32, 32, 20), layers=2, spots_per_layer=9)
     return folder
+
+
+def pills(driver: object) -> dict[str, str]:
+    """Case id -> the status shown in the case list."""
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "table.cases tr[data-case-id]")  # type: ignore[attr-defined]
+    return {
+        row.get_attribute("data-case-id"): row.find_element(By.CSS_SELECTOR, ".pill").text for row in rows
+    }
 
 
 def listed(driver: object) -> list[str]:
