@@ -1,6 +1,7 @@
 """Who may talk to the dashboard, and the headers a hospital's security review expects.
 
-- Loopback binds need nothing; any other bind needs an access token (``web.token`` or the
+- Loopback binds need no token (but a ``Host`` other than 127.0.0.1, localhost or ::1 is
+  refused, against DNS rebinding); any other bind needs an access token (``web.token`` or the
   variable ``web.token_env`` names) or an authenticating reverse proxy's header
   (``web.trusted_proxy_header``), else ``mqi serve`` refuses to start
   (:meth:`mqi.config.WebConfig.check_bind`).
@@ -84,6 +85,16 @@ def csrf_ok(request: Request, form: dict[str, str]) -> bool:
     return bool(cookie) and same_secret(form.get(CSRF_FIELD), cookie or "")
 
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _host_name(host: str) -> str:
+    """``Host`` header -> the name without the port (``[::1]:8050`` -> ``::1``)."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
 class Guard:
     """ASGI middleware: access token or proxy header, and the security headers."""
 
@@ -119,6 +130,10 @@ class Guard:
         if self.token is None:
             if self.proxy_header:
                 return PlainTextResponse("401: this dashboard is reached through its proxy", 401)
+            # Open to this machine only: a page elsewhere whose name resolves to 127.0.0.1
+            # (DNS rebinding) must not read it through the user's browser.
+            if _host_name(request.headers.get("host", "")) not in LOOPBACK_NAMES:
+                return PlainTextResponse("403: without an access token only http://127.0.0.1 works", 403)
             return None
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer ") and same_secret(auth[7:].strip(), self.token):

@@ -15,6 +15,7 @@ from mqi.web.app import create_app
 from mqi.web.security import CSRF_COOKIE
 from tests.helpers import run_mqi
 
+LOCAL = "http://127.0.0.1:8050"
 CASE = "Phantom_A_0c1d2e3f"
 DOSE = b"DICM-not-really" * 100
 
@@ -67,10 +68,19 @@ def test_mqi_serve_refuses_to_start_on_a_public_address_without_a_token(tmp_path
     assert "Traceback" not in result.stderr
 
 
+def test_without_a_token_only_loopback_host_names_are_served(config: Config) -> None:
+    # A page elsewhere whose name resolves to 127.0.0.1 (DNS rebinding) gets nothing.
+    client = TestClient(create_app(config), base_url="http://evil.example:8050")
+    response = client.get(f"/cases/{CASE}")
+    assert response.status_code == 403 and CASE not in response.text
+    for host in ("http://localhost:8050", "http://[::1]:8050", LOCAL):
+        assert TestClient(create_app(config), base_url=host).get("/cases").status_code == 200, host
+
+
 def test_with_a_token_every_request_needs_it(config: Config, tmp_path: Path) -> None:
     token = "s3cret-token-0123456789abcdef"
     guarded = make_config(tmp_path, token=token)
-    client = TestClient(create_app(guarded), follow_redirects=False)
+    client = TestClient(create_app(guarded), base_url=LOCAL, follow_redirects=False)
     for url in ("/cases", f"/cases/{CASE}", "/api/cases", "/metrics", f"/cases/{CASE}/results.zip"):
         response = client.get(url)
         assert response.status_code == 401, url
@@ -86,13 +96,13 @@ def test_with_a_token_every_request_needs_it(config: Config, tmp_path: Path) -> 
 
 def test_a_trusted_proxy_header_lets_requests_in(config: Config, tmp_path: Path) -> None:
     proxied = make_config(tmp_path, trusted_proxy_header="X-Remote-User")
-    client = TestClient(create_app(proxied))
+    client = TestClient(create_app(proxied), base_url=LOCAL)
     assert client.get("/cases").status_code == 401
     assert client.get("/cases", headers={"X-Remote-User": "physicist1"}).status_code == 200
 
 
 def test_a_post_without_the_csrf_token_is_refused(config: Config) -> None:
-    client = TestClient(create_app(config), follow_redirects=False)
+    client = TestClient(create_app(config), base_url=LOCAL, follow_redirects=False)
     page = client.get(f"/cases/{CASE}")
     token = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert token and client.cookies.get(CSRF_COOKIE) == token.group(1)
@@ -101,7 +111,9 @@ def test_a_post_without_the_csrf_token_is_refused(config: Config) -> None:
     foreign = {"Origin": "https://evil.example"}
     forged = client.post(f"/cases/{CASE}/retry", data={"csrf": token.group(1)}, headers=foreign)
     assert forged.status_code == 403
-    other = TestClient(create_app(config))  # another browser: its cookie is not this form's token
+    other = TestClient(
+        create_app(config), base_url=LOCAL
+    )  # another browser: its cookie is not this form's token
     other.get("/cases")
     assert other.post(f"/cases/{CASE}/retry", data={"csrf": token.group(1)}).status_code == 403
     # With the token the request reaches the action (which fails here: there is no cluster).
@@ -122,7 +134,7 @@ def test_a_post_without_the_csrf_token_is_refused(config: Config) -> None:
     ],
 )
 def test_no_path_outside_the_case_results_can_be_downloaded(config: Config, path: str) -> None:
-    client = TestClient(create_app(config))
+    client = TestClient(create_app(config), base_url=LOCAL)
     response = client.get(f"/cases/{CASE}/files/{path}")
     assert response.status_code == 404
     assert "another case" not in response.text and "not a result" not in response.text
@@ -132,7 +144,7 @@ def test_a_result_file_and_the_zip_are_the_right_bytes(config: Config) -> None:
     import io
     import zipfile
 
-    client = TestClient(create_app(config))
+    client = TestClient(create_app(config), base_url=LOCAL)
     assert client.get(f"/cases/{CASE}/files/RD.beam1.dcm").content == DOSE
     archive = zipfile.ZipFile(io.BytesIO(client.get(f"/cases/{CASE}/results.zip").content))
     assert archive.namelist() == [f"{CASE}/RD.beam1.dcm"]
@@ -141,7 +153,7 @@ def test_a_result_file_and_the_zip_are_the_right_bytes(config: Config) -> None:
 
 
 def test_security_headers_and_no_inline_script(config: Config) -> None:
-    client = TestClient(create_app(config))
+    client = TestClient(create_app(config), base_url=LOCAL)
     for url in ("/cases", f"/cases/{CASE}", "/queue", f"/api/cases/{CASE}", "/metrics"):
         response = client.get(url)
         assert response.status_code == 200, url
@@ -158,7 +170,7 @@ def test_security_headers_and_no_inline_script(config: Config) -> None:
 
 
 def test_json_api_documents_carry_their_schema(config: Config) -> None:
-    client = TestClient(create_app(config))
+    client = TestClient(create_app(config), base_url=LOCAL)
     assert client.get("/api/cases").json()["schema"] == "mqi.cases/1"
     case = client.get(f"/api/cases/{CASE}").json()
     assert case["schema"] == "mqi.status/1" and [b["number"] for b in case["beams"]] == [1, 2]
