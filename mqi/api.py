@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mqi.config import Config, load_config
 from mqi.errors import UsageError, one_line
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from mqi.render import RenderedBundle
     from mqi.scan import ScanReport
     from mqi.slurm.backend import SlurmBackend
-    from mqi.store import Store
+    from mqi.store import MetricsSnapshot, Store
     from mqi.submit import SubmitOutcome, UploadProgress
     from mqi.transport import Transport
 
@@ -129,7 +129,13 @@ class Session:
         from mqi.submit import Submitter
 
         submitter = Submitter(self.config, self.store, self.transport, log=self.log, progress=progress)
-        return submitter.submit(Path(case_dir), priority=priority, force=force, plan_uid=plan)
+        try:
+            outcome = submitter.submit(Path(case_dir), priority=priority, force=force, plan_uid=plan)
+        except Exception as error:
+            self._after_submit(None, error)
+            raise
+        self._after_submit(outcome, None)
+        return outcome
 
     def scan(self) -> ScanReport:
         """Submit every ready, not yet known folder under watch_dir, each on its own: a bad
@@ -158,10 +164,12 @@ class Session:
                         report.rejected.append(rejected.case_id)
                         self.log(str(rejected))
                     except Exception as error:  # one case never stops the others
+                        self._after_submit(None, error)
                         what = one_line(error)
                         report.errors.append(f"{folder.name}: {what}")
                         self.log(f"{folder.name}: {what}")
                     else:
+                        self._after_submit(outcome, None)
                         if not outcome.already:
                             report.submitted.append(outcome.case_id)
         except Busy:
@@ -174,7 +182,7 @@ class Session:
         delivered doses to the configured DICOM destinations."""
         from mqi.poll import Poller
 
-        report = Poller(self.config, self.store, self.transport, log=self.log).poll_once()
+        report = self._recorded_cycle(Poller(self.config, self.store, self.transport, log=self.log).poll_once)
         self._after_delivery(report.delivered)
         return report
 
@@ -212,7 +220,10 @@ class Session:
                 on_cycle(report)
 
         return poll_until_done(
-            poller, timeout=timeout, interval=self.config.poll.interval_seconds, on_cycle=cycle
+            cast(Poller, _RecordedPoller(self, poller)),
+            timeout=timeout,
+            interval=self.config.poll.interval_seconds,
+            on_cycle=cycle,
         )
 
     def listen(self, *, should_stop: Callable[[], bool]) -> None:
@@ -312,14 +323,20 @@ class Session:
         """scancel the case's unfinished jobs; the case becomes cancelled. Returns the job ids."""
         from mqi.actions import cancel_case
 
-        return cancel_case(self.store, self.backend, case_id)
+        try:
+            return cancel_case(self.store, self.backend, case_id)
+        finally:
+            self._log_state_changes()
 
     def retry(self, case_id: str, beams: list[int] | None = None) -> dict[str, str | None]:
         """Resubmit the failed (or the named) beams and a new post job. Returns the job ids."""
         from mqi.actions import retry_case
         from mqi.transport import RemoteFiles
 
-        return retry_case(self.config, self.store, self.backend, RemoteFiles(self.transport), case_id, beams)
+        try:
+            return retry_case(self.config, self.store, self.backend, RemoteFiles(self.transport), case_id, beams)
+        finally:
+            self._log_state_changes()
 
     def clean(self, *, dry_run: bool = False) -> Any:
         """Retention: remove or archive what finished cases leave behind (see ``retention:``)."""
@@ -349,3 +366,186 @@ class Session:
         from mqi.doctor import run_checks
 
         return run_checks(self.config, self.transport, job=job)
+
+    # -- the dashboard, the audit trail, metrics and the log file --------------------------
+    def history(self, case_id: str) -> dict[str, Any]:
+        """The case's audit trail, oldest first, as ``mqi history --json``."""
+        events = self.store.history(case_id)
+        return {"schema": "mqi.history/1", "case_id": case_id, "events": events}
+
+    def cases_page(
+        self,
+        *,
+        status: str | None = None,
+        created_from: str | None = None,
+        created_to: str | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """One page of the case list, newest first, with beams done/total and waited/ran seconds."""
+        from mqi.store import CaseFilter
+
+        filters = CaseFilter(status, created_from, created_to, search)
+        rows, total = self.store.case_list(filters, limit=limit, offset=offset)
+        now = time.time()
+        for row in rows:
+            row.update(_waited_ran(row, now))
+        return {"schema": "mqi.cases/1", "total": total, "limit": limit, "offset": offset, "cases": rows}
+
+    def queue_snapshot(self) -> dict[str, Any]:
+        """This tool's live jobs as the last poll stored them, and the GPUs per partition the
+        poller recorded (no Slurm call)."""
+        return {
+            "schema": "mqi.queue/1",
+            "jobs": self.store.live_jobs(),
+            "partitions": self.store.partitions(),
+            "gpus_per_beam": self.config.slurm.gpus_per_beam,
+            "poll": self.poll_health(),
+        }
+
+    def poll_health(self) -> dict[str, Any]:
+        """The last poll cycle, the last good one, and whether that is stale: older than
+        ``web.stale_poll_factor`` poll intervals (or no good cycle at all)."""
+        from mqi.clock import parse_utc
+
+        last = self.store.last_poll()
+        limit = self.config.web.stale_poll_factor * self.config.poll.interval_seconds
+        last_ok_at = last["last_ok_at"] if last else None
+        age = None if last_ok_at is None else max(0.0, time.time() - parse_utc(last_ok_at).timestamp())
+        return {
+            "last": last,
+            "last_ok_at": last_ok_at,
+            "age_seconds": age,
+            "interval_seconds": self.config.poll.interval_seconds,
+            "stale_after_seconds": limit,
+            "stale": age is None or age > limit,
+        }
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """What ``/metrics`` shows, read from SQLite only."""
+        return self.store.metrics_snapshot()
+
+    def result_files(self, case_id: str) -> tuple[Path, list[str]]:
+        """The case's results folder and the files in it (relative, sorted); NotFoundError when
+        the case has none yet."""
+        root = self._results_root(case_id)
+        names = sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+        return root, names
+
+    def result_file(self, case_id: str, relative: str) -> Path:
+        """One result file, never a path outside the case's folder under results_dir."""
+        from mqi.store import NotFoundError
+
+        root = self._results_root(case_id)
+        target = (root / relative).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            raise NotFoundError(f"case {case_id} has no result file {relative!r}")
+        return target
+
+    def _results_root(self, case_id: str) -> Path:
+        from mqi.store import NotFoundError
+
+        case = self.store.require_case(case_id)
+        results = self.config.results_dir.resolve()
+        root = Path(case.results_dir).resolve() if case.results_dir else None
+        if root is None or not root.is_relative_to(results) or root == results or not root.is_dir():
+            raise NotFoundError(f"case {case_id} has no results yet")
+        return root
+
+    def _recorded_cycle(self, cycle: Callable[[], PollReport]) -> PollReport:
+        """Run one poll cycle and record its duration, outcome and downloads for /metrics."""
+        started = time.monotonic()
+        try:
+            report = cycle()
+        except Exception as error:
+            what = one_line(error)
+            self._record(lambda: self.store.record_poll_cycle(time.monotonic() - started, False, what))
+            self._log_state_changes(problem=f"poll cycle failed: {what}")
+            raise
+        elapsed = time.monotonic() - started
+        error = "; ".join(report.errors) or None
+        self._record(lambda: self.store.record_poll_cycle(elapsed, not report.errors, error))
+        self._record(self.store.record_durations)
+        if report.delivered:
+            downloaded = self._bytes_of(report.delivered)
+            self._record(lambda: self.store.add_counters({"bytes_downloaded": downloaded}))
+        self._log_state_changes(problem=None if error is None else f"poll cycle failed: {error}")
+        return report
+
+    def _after_submit(self, outcome: SubmitOutcome | None, error: BaseException | None) -> None:
+        from mqi.submit import CaseRejected
+
+        if error is not None and not isinstance(error, CaseRejected):
+            self._record(lambda: self.store.add_counters({"submit_failures": 1}))
+        if outcome is not None and outcome.upload is not None:
+            sent = outcome.upload.bytes_sent
+            self._record(lambda: self.store.add_counters({"bytes_uploaded": sent}))
+        self._log_state_changes()
+
+    def _bytes_of(self, case_ids: list[str]) -> int:
+        total = 0
+        for case in self.store.cases_by_id(case_ids).values():
+            if case.results_dir and Path(case.results_dir).is_dir():
+                total += sum(p.stat().st_size for p in Path(case.results_dir).rglob("*") if p.is_file())
+        return total
+
+    def _record(self, write: Callable[[], object]) -> None:
+        """Bookkeeping for the dashboard never fails the work it describes."""
+        try:
+            write()
+        except Exception as error:
+            self.log(f"could not record metrics: {one_line(error)}")
+
+    def _log_state_changes(self, problem: str | None = None) -> None:
+        """Write the events not yet in state_dir/logs/mqi.log there, one line each (and a
+        failed poll cycle as a warning: Slurm's or the cluster's words, no case folder)."""
+        from mqi.logs import log_state_changes, logger_for
+
+        def write() -> None:
+            logger = logger_for(self.config.state_dir)
+            while log_state_changes(logger, self.store.claim_events_to_log()):
+                pass
+            if problem:
+                logger.warning(problem)
+
+        self._record(write)
+
+
+class _RecordedPoller:
+    """A poller whose every cycle is recorded (for ``poll_until_done``)."""
+
+    def __init__(self, session: Session, poller: Any) -> None:
+        self._session = session
+        self._poller = poller
+
+    def poll_once(self) -> PollReport:
+        return self._session._recorded_cycle(self._poller.poll_once)
+
+
+def _waited_ran(row: dict[str, Any], now: float) -> dict[str, float | None]:
+    """Seconds from the (latest) submission to the first beam's start since then (so far,
+    while it waits), and from there to the last beam's end (so far, while it runs)."""
+    from mqi.clock import parse_utc
+
+    def seconds(value: str | None) -> float | None:
+        return None if not value else parse_utc(value).timestamp()
+
+    submitted, started = seconds(row.get("submitted_at")), seconds(row.get("first_started_at"))
+    still_going = row.get("status") in ("submitted", "running", "postprocessing")
+    waited: float | None = None
+    if submitted is not None:
+        if started is not None:
+            waited = started - submitted
+        elif still_going:
+            waited = now - submitted
+    ran: float | None = None
+    if started is not None:
+        ended = seconds(row.get("last_ended_at"))
+        if ended is None or ended < started:  # a retried beam's end is its new one, or the case's
+            ended = seconds(row.get("finished_at"))
+        ran = (now if still_going or ended is None else ended) - started
+    return {
+        "waited_seconds": None if waited is None else max(0.0, waited),
+        "ran_seconds": None if ran is None else max(0.0, ran),
+    }

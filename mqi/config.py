@@ -284,6 +284,7 @@ class Config(_Model):
     poll: PollConfig = Field(default_factory=PollConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     dicom: DicomConfig | None = Field(None, description="DICOM networking (`mqi listen`); absent: off.")
+    web: WebConfig = Field(default_factory=lambda: WebConfig())
 
     source: Path | None = Field(None, exclude=True, description="The file this was loaded from.")
 
@@ -665,4 +666,81 @@ class DicomConfig(_Model):
         return _check_ae_title(value)
 
 
-Config.model_rebuild()  # `dicom` refers to DicomConfig, defined after Config
+
+class WebConfig(_Model):
+    """The dashboard (`mqi serve`) and its `/metrics`."""
+
+    bind: str = Field(
+        "127.0.0.1:8050",
+        description="HOST:PORT to listen on. Any address but loopback needs `token` (or `token_env`) "
+        "or `trusted_proxy_header`.",
+    )
+    token: str | None = Field(
+        None, description="Access token every request must carry (Authorization: Bearer, or ?token= once)."
+    )
+    token_env: str | None = Field(
+        None, description="Name of an environment variable holding the access token (instead of `token`)."
+    )
+    trusted_proxy_header: str | None = Field(
+        None,
+        description="Header set by an authenticating reverse proxy (e.g. X-Remote-User); a request "
+        "carrying it is let in. Only safe when the proxy is the only way to reach mqi serve.",
+    )
+    stale_poll_factor: float = Field(
+        3.0, gt=0, description="Banner when the last good poll is older than this many poll intervals."
+    )
+    refresh_seconds: float = Field(5.0, gt=0, description="How often open pages refresh their live parts.")
+
+    @field_validator("bind")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bind must be HOST:PORT, e.g. 127.0.0.1:8050, not {value!r}")
+        return value
+
+    @staticmethod
+    def host_port(bind: str) -> tuple[str, int]:
+        """``HOST:PORT`` (``[::1]:8050`` for IPv6) -> (host, port); ConfigError when it is not one."""
+        host, _, port = bind.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"bind must be HOST:PORT, e.g. 127.0.0.1:8050, not {bind!r}")
+        return host.strip("[]"), int(port)
+
+    def check_bind(self, bind: str) -> tuple[str, int]:
+        """(host, port) to listen on; ConfigError for a non-loopback host without a token or a
+        trusted proxy header."""
+        host, port = self.host_port(bind)
+        if _is_loopback(host) or self.access_token() or self.trusted_proxy_header:
+            return host, port
+        raise ConfigError(
+            f"refusing to serve on {host}, which is not loopback, without an access token: set "
+            "web.token (or web.token_env) or web.trusted_proxy_header in the config, or bind to 127.0.0.1"
+        )
+
+    def access_token(self) -> str | None:
+        """The configured token, from `token` or the environment variable `token_env` names."""
+        if self.token:
+            return self.token
+        if self.token_env:
+            return os.environ.get(self.token_env) or None
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1, and names that resolve only to them (``localhost``)."""
+    import ipaddress
+    import socket
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)
+
+
+Config.model_rebuild()  # `dicom` and `web` name models defined after Config

@@ -72,7 +72,8 @@ die() { say "ERROR: $*"; exit 1; }
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (it starts system daemons)"; }
 
 packages=(slurm-wlm slurmctld slurmd slurm-client slurmdbd munge mariadb-server
-  openssh-server openssh-client python3-venv dicom3tools dcmtk procps)
+  openssh-server openssh-client python3-venv dicom3tools dcmtk procps
+  chromium chromium-driver)
 # The 25.11 flavour: no Debian Slurm, but what building it (and pyslurm) needs.
 packages_25_11=(munge mariadb-server openssh-server openssh-client python3-venv dicom3tools procps
   build-essential libmunge-dev libmariadb-dev libjson-c-dev libhttp-parser-dev libyaml-dev

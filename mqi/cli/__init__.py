@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from mqi import __version__
-from mqi.cli import cases, operate
+from mqi.cli import cases, operate, web
 from mqi.cli.common import out, set_global_config
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ def _global(
 
 cases.register(app)
 operate.register(app)
+web.register(app)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "mqi.retrying": 0,
     "mqi.moqui_params": 0,
     "mqi.config": 1,
+    "mqi.logs": 1,
     "mqi.bundle": 1,
     # rooms with one job each
     "mqi.intake": 2,

@@ -36,9 +36,10 @@ from mqi.store.records import (
 )
 from mqi.store.runs import RunQueries
 from mqi.store.schema import MIGRATIONS, SCHEMA_VERSION
+from mqi.store.views import CaseFilter, MetricsSnapshot, ViewQueries
 
 
-class Store(CaseQueries, RunQueries):
+class Store(CaseQueries, RunQueries, ViewQueries):
     """The mqi database. Open one per process; close it (or use ``with``)."""
 
 
@@ -56,8 +57,10 @@ __all__ = [
     "TERMINAL_CASE_STATUSES",
     "Beam",
     "Case",
+    "CaseFilter",
     "Event",
     "Job",
+    "MetricsSnapshot",
     "NotFoundError",
     "SchemaTooNewError",
     "Store",

@@ -82,6 +82,42 @@ _V2 = [
 ]
 
 
+_V3 = [
+    # What the dashboard and /metrics read, so that neither ever asks Slurm.
+    """CREATE TABLE poll_cycles (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        seconds REAL NOT NULL,
+        ok INTEGER NOT NULL,
+        error TEXT
+    )""",
+    """CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value REAL NOT NULL DEFAULT 0,
+        at TEXT
+    )""",
+    """CREATE TABLE histograms (
+        name TEXT PRIMARY KEY,
+        bounds_json TEXT NOT NULL,
+        cumulative_json TEXT NOT NULL,
+        total REAL NOT NULL,
+        at TEXT NOT NULL
+    )""",
+    """CREATE TABLE partitions (
+        partition TEXT PRIMARY KEY,
+        gpus_total INTEGER,
+        gpus_used INTEGER,
+        at TEXT NOT NULL
+    )""",
+    # Events already in the database are history, not news for the log file.
+    """INSERT INTO counters (name, value, at)
+       SELECT 'events_logged_through', COALESCE(MAX(id), 0), NULL FROM events""",
+    "CREATE INDEX IF NOT EXISTS cases_created ON cases(created_at)",
+    "CREATE INDEX IF NOT EXISTS beams_status ON beams(status)",
+    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
+]
+
+
 def _run(statements: Sequence[str]) -> Callable[[sqlite3.Connection], None]:
     def migrate(db: sqlite3.Connection) -> None:
         for sql in statements:
@@ -93,6 +129,7 @@ def _run(statements: Sequence[str]) -> Callable[[sqlite3.Connection], None]:
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run(_V1),  # v1: cases, beams, jobs, events
     _run(_V2),  # v2: attempts, delivered_at, generation, dose_file, indexes, append-only events
+    _run(_V3),  # v3: poll cycles, counters, histograms, partitions for the dashboard and /metrics
 ]
 """Forward migrations; ``MIGRATIONS[n]`` takes a database from version n to n + 1."""
 SCHEMA_VERSION = len(MIGRATIONS)
