@@ -334,7 +334,9 @@ class Session:
         from mqi.transport import RemoteFiles
 
         try:
-            return retry_case(self.config, self.store, self.backend, RemoteFiles(self.transport), case_id, beams)
+            return retry_case(
+                self.config, self.store, self.backend, RemoteFiles(self.transport), case_id, beams
+            )
         finally:
             self._log_state_changes()
 

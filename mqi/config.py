@@ -666,7 +666,6 @@ class DicomConfig(_Model):
         return _check_ae_title(value)
 
 
-
 class WebConfig(_Model):
     """The dashboard (`mqi serve`) and its `/metrics`."""
 

@@ -13,7 +13,7 @@ import typer
 
 from mqi import __version__
 from mqi.cli import cases, operate, web
-from mqi.cli.common import out, set_global_config
+from mqi.cli.common import fail, out, set_global_config
 
 app = typer.Typer(
     name="mqi",
@@ -39,12 +39,23 @@ def _global(
             "--config", "-c", help="Config file for every command (default: $MQI_CONFIG, then ./mqi.yaml)."
         ),
     ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", help="state_dir/logs/mqi.log lines: text or json ($MQI_LOG_FORMAT)."),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Slurm-native submitter for MOQUI proton Monte Carlo dose QA."""
     set_global_config(config)
+    if log_format is not None:
+        from mqi.logs import set_format
+
+        try:
+            set_format(log_format)
+        except ValueError as error:
+            raise fail(str(error), 2) from None
 
 
 cases.register(app)
