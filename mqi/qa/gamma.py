@@ -131,19 +131,29 @@ def _search(
     criterion: GammaCriterion,
     steps: int,
     max_gamma: float,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
+    """(gamma, best point in mm from each reference voxel; NaN where none)."""
     offsets, d2 = search_offsets(criterion.distance_mm, evaluated.spacing, steps, max_gamma)
-    return gamma_search(
+    gamma, where = gamma_search(
         np.ascontiguousarray(reference.values, dtype=np.float64),
         np.ascontiguousarray(evaluated.values, dtype=np.float64),
         todo,
-        index_coordinates(evaluated, reference.x, "x"),
-        index_coordinates(evaluated, reference.y, "y"),
-        index_coordinates(evaluated, reference.z, "z"),
+        *_reference_indices(reference, evaluated),
         offsets,
         d2,
         tolerance,
         max_gamma,
+    )
+    offsets_mm = offsets * np.asarray(evaluated.spacing)
+    best = np.where((where >= 0)[..., None], offsets_mm[np.maximum(where, 0)], np.nan)
+    return gamma, best
+
+
+def _reference_indices(reference: DoseGrid, evaluated: DoseGrid) -> tuple[np.ndarray, ...]:
+    return (
+        index_coordinates(evaluated, reference.x, "x"),
+        index_coordinates(evaluated, reference.y, "y"),
+        index_coordinates(evaluated, reference.z, "z"),
     )
 
 
@@ -168,7 +178,8 @@ def gamma_index(
     are a subset of the fine ones, so a voxel passing there passes at DTA/steps too; then
     the voxels within ``refine_margin`` above 1 again at DTA/steps, up to gamma 1. Pass
     rates equal those of a single fine pass as long as the margin covers the coarse
-    sampling error; gamma values above 1 keep their coarse (slightly high) value."""
+    sampling error (tested against an exhaustive search); gamma values above 1, and the
+    values of voxels that passed the coarse pass, keep their coarse (slightly high) value."""
     ref = np.ascontiguousarray(reference.values, dtype=np.float64)
     norm = float(normalisation_gy if normalisation_gy is not None else ref.max(initial=0.0))
     if norm <= 0:
@@ -179,11 +190,11 @@ def gamma_index(
     else:
         tolerance = np.array([criterion.dose_percent / 100.0 * norm])
     if steps % 2 or refine_margin <= 0:
-        gamma = _search(reference, evaluated, todo, tolerance, criterion, steps, max_gamma)
+        gamma, _ = _search(reference, evaluated, todo, tolerance, criterion, steps, max_gamma)
     else:
-        gamma = _search(reference, evaluated, todo, tolerance, criterion, steps // 2, max_gamma)
+        gamma, _ = _search(reference, evaluated, todo, tolerance, criterion, steps // 2, max_gamma)
         near = todo & (gamma > 1.0) & (gamma <= 1.0 + refine_margin)
-        fine = _search(reference, evaluated, near, tolerance, criterion, steps, 1.0)
+        fine, _ = _search(reference, evaluated, near, tolerance, criterion, steps, 1.0)
         improved = near & (fine < 1.0)
         gamma[improved] = fine[improved]
     considered = ~np.isnan(gamma)

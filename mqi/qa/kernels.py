@@ -60,8 +60,9 @@ def gamma_search(
     offset_d2: np.ndarray,
     dose_tolerance: np.ndarray,
     max_gamma: float,
-) -> np.ndarray:
-    """Gamma of every reference voxel where ``todo`` is set (NaN elsewhere).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gamma of every reference voxel where ``todo`` is set (NaN elsewhere), and the index
+    of the offset where it was found (-1: none below max_gamma).
 
     ``offsets`` (n, 3) are (di, dj, dk) steps in evaluated-grid index units sorted by their
     squared distance-to-agreement term ``offset_d2``; the search of a voxel stops as soon as
@@ -72,6 +73,7 @@ def gamma_search(
     nk, nj, ni = reference.shape
     ek, ej, ei = evaluated.shape
     out = np.full(reference.shape, np.nan)
+    where = np.full(reference.shape, -1, dtype=np.int64)
     local = dose_tolerance.size > 1
     limit = max_gamma * max_gamma
     for k in prange(nk):
@@ -101,5 +103,6 @@ def gamma_search(
                     g2 = d2 + diff * diff * inv_tol2
                     if g2 < best:
                         best = g2
+                        where[k, j, i] = n
                 out[k, j, i] = math.sqrt(best) if found else math.inf
-    return out
+    return out, where
