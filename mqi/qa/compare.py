@@ -172,7 +172,8 @@ def _out_of_tolerance(
         for name, limit in (("d95", tol.target_d95_percent), ("dmean", tol.target_dmean_percent)):
             rel = relative(name)
             if rel is not None and abs(rel) > limit:
-                crossed.append(f"{structure.name} {name.upper()} {rel:+.1f}% (tolerance {limit:g}%)")
+                label = {"d95": "D95", "dmean": "Dmean"}[name]
+                crossed.append(f"{structure.name} {label} {rel:+.1f}% (tolerance {limit:g}%)")
     else:
         for name, limit in (("dmean", tol.oar_dmean_gy), ("dmax", tol.oar_dmax_gy)):
             delta = diff.get(name)
