@@ -723,7 +723,8 @@ def build_case(
     Layout: ``RP_plan.dcm``, ``RS_struct.dcm``, ``RD_plan.dcm`` (and ``RD_beam<n>.dcm``
     with ``per_beam_doses``), ``ct/CT_<index>.dcm``. ``seed`` changes every UID without
     changing the geometry, to build distinct cases of the same shape. ``tps_dose`` says
-    how the TPS dose is made (default: the stand-in's model, so the case passes QA).
+    how the TPS dose is made (default: the stand-in's model, so the case passes QA); it
+    changes no UID and no other file.
     """
     if beams < 1 or layers < 1 or spots_per_layer < 1:
         raise ValueError("beams, layers and spots_per_layer must be at least 1")
@@ -744,7 +745,6 @@ def build_case(
             names,
             setup_beam,
             seed,
-            *([repr(tps_dose)] if tps_dose not in (None, TpsDoseModel()) else []),
         ]
     )
     dose_count = (1 + (beams if per_beam_doses else 0)) if with_tps_dose else 0

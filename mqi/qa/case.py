@@ -59,7 +59,9 @@ def engine_description(bundle_dir: Path, manifest: Manifest) -> dict[str, Any]:
     if manifest.beams:
         path = Path(bundle_dir) / manifest.beams[0].dir / "moqui_tps.in"
         try:
-            parameters = read_parameter_file(path).as_dict()
+            effective = read_parameter_file(path)
+            first = [effective.entry(key) for key in effective.as_dict()]  # what MOQUI uses
+            parameters = {entry.key: entry.value for entry in first if entry is not None}
         except (OSError, ValueError):
             parameters = {}
     per_beam = {"parentdir", "dicomdir", "outputdir", "beamnumbers", "randomseed", "gpuid", "logfilepath"}
