@@ -64,7 +64,17 @@ def engine_description(bundle_dir: Path, manifest: Manifest) -> dict[str, Any]:
             parameters = {entry.key: entry.value for entry in first if entry is not None}
         except (OSError, ValueError):
             parameters = {}
-    per_beam = {"parentdir", "dicomdir", "outputdir", "beamnumbers", "randomseed", "gpuid", "logfilepath"}
+    per_beam = {
+        "parentdir",
+        "dicomdir",
+        "outputdir",
+        "beamnumbers",
+        "randomseed",
+        "gpuid",
+        "logfilepath",
+        "overwriteresults",
+        "useabsolutepath",
+    }
     kept = {key: value for key, value in parameters.items() if key.lower() not in per_beam}
     return {"family": manifest.family, "parameters": kept}
 
@@ -90,12 +100,14 @@ def bundle_qa(bundle_dir: Path, manifest: Manifest, summary: Mapping[str, Any], 
     }
     plan_file = summary.get("plan_file")
     input_dir = bundle_dir / "input"
+    plan = bundle_dir / manifest.plan_file  # bundle-relative; older manifests name it inside input/
+    plan = plan if plan.is_file() else input_dir / manifest.plan_file
     return run_case_qa(
         mc_plan=results_dir / plan_file if plan_file else None,
         mc_beams=beams,
         tps_files=[bundle_dir / name for name in manifest.tps_doses],
         qa=qa,
-        plan_file=input_dir / manifest.plan_file if (input_dir / manifest.plan_file).is_file() else None,
+        plan_file=plan if plan.is_file() else None,
         structure_file=_find_modality(input_dir, "RTSTRUCT"),
         mc_dose_type=manifest.dose_type,
         engine=engine_description(bundle_dir, manifest),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ VERDICT_COLOURS = {
     "error": "#757575",
 }
 ENGINE_PARAMETERS_SHOWN = 14
+TEXT_WIDTH = 78  # characters of a value line on page 1
 
 
 def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
@@ -45,8 +47,10 @@ def _text_block(fig: Figure, top: float, lines: list[tuple[str, str]]) -> float:
     y = top
     for key, value in lines:
         fig.text(0.07, y, key, fontsize=9, weight="bold", va="top")
-        fig.text(0.30, y, value, fontsize=9, va="top", wrap=True)
-        y -= 0.022
+        for part in textwrap.wrap(value, TEXT_WIDTH) or ["-"]:
+            fig.text(0.30, y, part, fontsize=9, va="top")
+            y -= 0.02
+        y -= 0.002
     return y
 
 
