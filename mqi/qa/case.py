@@ -157,6 +157,51 @@ def write_bundle_qa(
     return written
 
 
+def recompute_case_qa(
+    results_dir: Path,
+    tps_files: list[Path],
+    qa: QAConfig,
+    *,
+    plan_file: Path | None = None,
+    structure_file: Path | None = None,
+    stamp: str | None = None,
+) -> tuple[CaseQA, Path, Path | None]:
+    """``mqi report``: compare the delivered RT Doses in ``results_dir`` (RD.plan.dcm,
+    RD.beam<n>.dcm) with the case folder's TPS doses and write ``qa.<stamp>.json`` and
+    ``report.<stamp>.pdf`` beside the old ones (stamp: UTC time by default). Returns the
+    result and the paths written (no PDF when nothing could be compared)."""
+    results_dir = Path(results_dir)
+    beams = {}
+    for path in sorted(results_dir.glob("RD.beam*.dcm")):
+        number = path.name.removeprefix("RD.beam").removesuffix(".dcm")
+        if number.isdigit():
+            beams[int(number)] = path
+    plan = results_dir / "RD.plan.dcm"
+    mc_type = "EFFECTIVE"
+    summary = results_dir / "summary.json"
+    if summary.is_file():
+        mc_type = json.loads(summary.read_text(encoding="utf-8")).get("dose_type") or mc_type
+    result = run_case_qa(
+        mc_plan=plan if plan.is_file() else None,
+        mc_beams=beams,
+        tps_files=tps_files,
+        qa=qa,
+        plan_file=plan_file,
+        structure_file=structure_file,
+        mc_dose_type=mc_type,
+        engine={"recomputed": "mqi report"},
+    )
+    if not tps_files:
+        result.verdict, result.reasons = "not-compared", ["no TPS dose in the case"]
+    stamp = stamp or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    json_path = results_dir / f"qa.{stamp}.json"
+    _write_json(json_path, result)
+    pdf_path = None
+    if any(c._arrays is not None for c in result.comparisons):
+        pdf_path = write_report(result, results_dir / f"report.{stamp}.pdf")
+    return result, json_path, pdf_path
+
+
 def qa_status(qa_json: Path) -> dict[str, Any]:
     """The status line's fields from a qa.json: verdict, first criterion and its pass rate."""
     data = json.loads(Path(qa_json).read_text(encoding="utf-8"))

@@ -17,6 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from mqi.config import GammaCriterionConfig
 from mqi.qa.grids import DoseGrid, index_coordinates
 from mqi.qa.kernels import gamma_search
 
@@ -63,6 +64,26 @@ def parse_criterion(text: str) -> GammaCriterion:
     if criterion.dose_percent <= 0 or criterion.distance_mm <= 0:
         raise ValueError(f"{text!r}: dose and distance must be positive")
     return criterion
+
+
+def criterion_config(text: str, default_pass_rate: float = 95.0) -> GammaCriterionConfig:
+    """``mqi compare/report --criteria``: ``3%/3mm/10%`` or ``2%/2mm/10%>=90`` (pass rate
+    in %, default ``default_pass_rate``), ``local`` allowed at the end -> the config model."""
+    head, _, required = text.partition(">=")
+    if required and "local" in required.lower():
+        head, required = head + " local", required.lower().replace("local", "")
+    criterion = parse_criterion(head)
+    try:
+        rate = float(required.strip().rstrip("%")) if required.strip() else default_pass_rate
+    except ValueError:
+        raise ValueError(f"{text!r}: the pass rate after >= is not a number") from None
+    return GammaCriterionConfig(
+        dose=criterion.dose_percent,
+        distance=criterion.distance_mm,
+        cutoff=criterion.cutoff_percent,
+        pass_rate=rate,
+        local=criterion.local,
+    )
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,14 @@ class CaseQA(_Model):
         return self.model_dump_json(indent=2, by_alias=True) + "\n"
 
 
+COMPARE_SCHEMA = "mqi.compare/1"
+
+
+def comparison_document(comparison: Comparison) -> dict[str, Any]:
+    """``mqi compare --json``: the comparison with its schema key."""
+    return {"schema": COMPARE_SCHEMA, **comparison.model_dump(mode="json")}
+
+
 def worst(verdicts: list[str]) -> str:
     """The most severe of the verdicts of compared doses (pass < review < fail)."""
     compared = [v for v in verdicts if v in ("pass", "review", "fail")]

@@ -156,3 +156,35 @@ def test_synthetic_tps_dose_agrees_with_the_stand_in_engine(tmp_path, model, ver
 
 def standin_rbe() -> float:
     return 1.1
+
+
+def test_criteria_from_the_command_line() -> None:
+    from mqi.qa.gamma import criterion_config
+
+    assert criterion_config("2%/2mm/10%>=90").model_dump() == {
+        "dose": 2.0,
+        "distance": 2.0,
+        "cutoff": 10.0,
+        "pass_rate": 90.0,
+        "local": False,
+    }
+    assert criterion_config("3%/2mm local").local and criterion_config("3%/2mm").pass_rate == 95.0
+    with pytest.raises(ValueError):
+        criterion_config("3%/2mm>=many")
+
+
+def test_report_recomputed_beside_the_delivered_one(aptg_case, tmp_path) -> None:
+    from mqi.qa.case import recompute_case_qa
+    from mqi.qa.model import comparison_document
+
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy2(aptg_plan_dose(), results / "RD.plan.dcm")
+    for number, path in enumerate(aptg_beam_doses(), start=1):
+        shutil.copy2(path, results / f"RD.beam{number}.dcm")
+    qa, json_path, pdf_path = recompute_case_qa(
+        results, [aptg_plan_dose()], QAConfig(), plan_file=aptg_case["plan_file"], stamp="T1"
+    )
+    assert qa.verdict == "pass" and json_path.name == "qa.T1.json" and pdf_path.name == "report.T1.pdf"
+    assert [c.verdict for c in qa.comparisons] == ["pass", "not-compared", "not-compared"]
+    assert comparison_document(qa.comparisons[0])["schema"] == "mqi.compare/1"
