@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mqi.errors import ConfigError
 
@@ -270,6 +278,91 @@ class RetentionConfig(_Model):
     archive_dir: Path | None = Field(None, description="Where archives go (default: <results_dir>/archive).")
 
 
+def _strip_unit(value: Any, unit: str) -> Any:
+    """Accept ``3%`` / ``3mm`` as well as 3 in the QA criteria."""
+    if isinstance(value, str) and value.strip().lower().endswith(unit):
+        return value.strip()[: -len(unit)].strip()
+    return value
+
+
+class GammaCriterionConfig(_Model):
+    """One gamma test and the pass rate it must reach: {dose: 3%, distance: 3mm, cutoff: 10%, pass: 95%}."""
+
+    dose: float = Field(
+        3.0, gt=0, le=100, description="Dose criterion, % (of the reference maximum if global)."
+    )
+    distance: float = Field(3.0, gt=0, le=50, description="Distance-to-agreement criterion, mm.")
+    cutoff: float = Field(10.0, ge=0, lt=100, description="Low-dose cutoff, % of the reference maximum.")
+    pass_rate: float = Field(
+        95.0,
+        ge=0,
+        le=100,
+        validation_alias=AliasChoices("pass", "pass_rate"),
+        description="Minimum percentage of voxels with gamma <= 1 (YAML key `pass` or `pass_rate`).",
+    )
+    local: bool = Field(False, description="Local gamma (dose criterion of each voxel's own dose).")
+
+    @field_validator("dose", "cutoff", "pass_rate", mode="before")
+    @classmethod
+    def _percent(cls, value: Any) -> Any:
+        return _strip_unit(value, "%")
+
+    @field_validator("distance", mode="before")
+    @classmethod
+    def _millimetres(cls, value: Any) -> Any:
+        return _strip_unit(value, "mm")
+
+
+def _default_criteria() -> list[GammaCriterionConfig]:
+    return [
+        GammaCriterionConfig(dose=3, distance=3, cutoff=10, pass_rate=95),
+        GammaCriterionConfig(dose=2, distance=2, cutoff=10, pass_rate=90),
+    ]
+
+
+class DVHTolerances(_Model):
+    """How far the MC DVH metrics may differ from the TPS ones before a case needs review."""
+
+    target_d95_percent: float = Field(3.0, ge=0, description="Target D95: relative difference, %.")
+    target_dmean_percent: float = Field(2.0, ge=0, description="Target Dmean: relative difference, %.")
+    oar_dmean_gy: float = Field(1.0, ge=0, description="Other structures' Dmean: absolute difference, Gy.")
+    oar_dmax_gy: float = Field(2.0, ge=0, description="Other structures' Dmax: absolute difference, Gy.")
+    min_volume_cc: float = Field(
+        0.5, ge=0, description="Structures smaller than this (cm^3) are reported but not judged."
+    )
+
+
+class QAConfig(_Model):
+    """The Monte Carlo vs TPS comparison run by the post job and by `mqi report`."""
+
+    enabled: bool = Field(True, description="Compare with the TPS dose and write qa.json and report.pdf.")
+    criteria: list[GammaCriterionConfig] = Field(
+        default_factory=_default_criteria,
+        min_length=1,
+        description="Gamma tests; the FIRST decides fail, the others (and DVH) decide review.",
+    )
+    rbe: float = Field(
+        1.1, gt=0, description="Applied to a PHYSICAL MC dose before comparing with an EFFECTIVE TPS dose."
+    )
+    reference: Literal["tps", "mc"] = Field("tps", description="Which dose is the gamma reference.")
+    dvh: DVHTolerances = Field(default_factory=DVHTolerances)
+    high_dose_percent: float = Field(
+        50.0,
+        gt=0,
+        lt=100,
+        description="Dose-difference statistics use voxels above this % of the reference max.",
+    )
+    max_gamma: float = Field(2.0, gt=1, le=10, description="Gamma search radius in units of the criteria.")
+    steps_per_distance: int = Field(
+        10, ge=2, le=40, description="Sub-voxel interpolation: search steps per distance criterion."
+    )
+    prescription_gy: float | None = Field(
+        None,
+        gt=0,
+        description="Target prescription for V95% (default: from the plan, else the TPS target D50).",
+    )
+
+
 class Config(_Model):
     """The whole mqi.yaml."""
 
@@ -285,6 +378,9 @@ class Config(_Model):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     dicom: DicomConfig | None = Field(None, description="DICOM networking (`mqi listen`); absent: off.")
     web: WebConfig = Field(default_factory=lambda: WebConfig())
+
+
+    qa: QAConfig = Field(default_factory=QAConfig)
 
     source: Path | None = Field(None, exclude=True, description="The file this was loaded from.")
 

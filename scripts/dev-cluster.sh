@@ -478,7 +478,7 @@ cmd_remote_python() {
   rm -rf "$src"; mkdir -p "$src"
   (cd "$REPO" && tar --exclude=.venv --exclude=.git -cf - pyproject.toml README.md mqi) | tar -xf - -C "$src"
   local deps=()
-  "$venv/bin/python" -c 'import numpy, pydicom, pydantic' 2>/dev/null && deps=(--no-deps --force-reinstall)
+  "$venv/bin/python" -c 'import numpy, pydicom, pydantic, numba, matplotlib, skimage' 2>/dev/null && deps=(--no-deps --force-reinstall)
   "$venv/bin/pip" install -q "${deps[@]}" "$src" >"$LOG/remote-pip.log" 2>&1 \
     || { grep -v '^WARNING: Location' "$LOG/remote-pip.log" | tail -n 20 >&2; die "pip install failed"; }
   chmod -R a+rX "$venv"

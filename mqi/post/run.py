@@ -456,5 +456,9 @@ def postprocess_bundle(
     summary = build_summary(manifest, results, plan_sha)
     if log is not None:
         _write_log(log, results, plan_sha)
+    from mqi.qa.case import qa_status, write_bundle_qa  # numba/matplotlib only when needed
+
+    summary["files"].update(write_bundle_qa(bundle_dir, manifest, summary, log))
+    summary["qa"] = qa_status(results_dir / "qa.json")
     write_summary(results_dir, summary)
     return summary.model_dump(mode="json")

@@ -558,16 +558,57 @@ def _dose_grid(geo: _Geometry) -> tuple[int, int, int, int, int]:
     )
 
 
-def _dose_pixels(geo: _Geometry, scale: float) -> tuple[bytes, float]:
+@dataclass(frozen=True)
+class TpsDoseModel:
+    """How the synthetic TPS dose is made.
+
+    ``standin``: the stand-in engine's own (noiseless) dose model for the plan's beams,
+    EFFECTIVE, scaled as the stand-in scales it (ParticlesPerHistory x RBE x fractions),
+    so that a case run through the stand-in passes QA. ``shift_mm`` moves the dose in
+    patient coordinates and ``scale`` multiplies it: cases that must fail QA.
+    ``gaussian``: a smooth blob of the prescribed dose (the older, model-free dose)."""
+
+    kind: str = "standin"
+    particles_per_history: float = 1.0
+    rbe: float = 1.1
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    scale: float = 1.0
+
+    @property
+    def dose_type(self) -> str:
+        return "EFFECTIVE" if self.kind == "standin" and self.rbe != 1.0 else "PHYSICAL"
+
+
+def _gaussian_dose(geo: _Geometry, scale: float) -> np.ndarray:
     stride, stride_z, rows, columns, frames = _dose_grid(geo)
     x0, y0, z0 = geo.origin
     xs = x0 + np.arange(columns) * geo.dx * stride
     ys = y0 + np.arange(rows) * geo.dy * stride
     zs = z0 + np.arange(frames) * geo.dz * stride_z
     sigma = max(_target_half_width(geo), 1.0)
-    dose = scale * np.exp(
+    return scale * np.exp(
         -(zs[:, None, None] ** 2 + ys[None, :, None] ** 2 + xs[None, None, :] ** 2) / (2 * sigma**2)
     )
+
+
+def standin_doses(geo: _Geometry, plan: Dataset, model: TpsDoseModel) -> dict[int, np.ndarray]:
+    """Per beam number, the stand-in engine's noiseless dose on the CT grid, (z, y, x)."""
+    from mqi.testing import standin  # the engine double's model, shared so the two agree
+
+    x0, y0, _ = geo.origin
+    grid = standin.Grid(
+        geo.columns, geo.rows, geo.dx, geo.dy, x0, y0, tuple(geo.z(k) for k in range(geo.slices))
+    )
+    fractions = standin.fractions_planned(plan)
+    factor = model.particles_per_history * model.rbe * fractions * model.scale
+    return {
+        beam.number: standin.compute_beam(grid, beam, "dose") * factor
+        for beam in standin.plan_beams(plan)
+        if not beam.setup
+    }
+
+
+def _dose_pixels(dose: np.ndarray) -> tuple[bytes, float]:
     grid_scaling = float(f"{max(float(dose.max()), 1e-9) / DOSE_MAX_COUNT:.6e}")
     counts = np.clip(np.round(dose / grid_scaling), 0, DOSE_MAX_COUNT).astype("<u2")
     return counts.tobytes(), grid_scaling
@@ -579,7 +620,9 @@ def _rtdose(
     patient: tuple[str, str],
     index: int,
     beam: int | None,
-    scale: float,
+    dose: np.ndarray,
+    dose_type: str = "PHYSICAL",
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> Dataset:
     ds = _base(RT_DOSE_STORAGE, uids.doses[index], "RTDOSE", uids.dose_series, uids, patient)
     ds.ContentDate = STUDY_DATE
@@ -590,7 +633,7 @@ def _rtdose(
     ds.PositionReferenceIndicator = ""
     stride, stride_z, rows, columns, frames = _dose_grid(geo)
     ds.SliceThickness = _ds(geo.dz * stride_z)
-    ds.ImagePositionPatient = [_ds(v) for v in geo.origin]
+    ds.ImagePositionPatient = [_ds(v + d) for v, d in zip(geo.origin, shift_mm, strict=True)]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -604,7 +647,7 @@ def _rtdose(
     ds.HighBit = 15
     ds.PixelRepresentation = 0
     ds.DoseUnits = "GY"
-    ds.DoseType = "PHYSICAL"
+    ds.DoseType = dose_type
     ds.DoseSummationType = "PLAN" if beam is None else "BEAM"
     plan_ref = Dataset()
     plan_ref.ReferencedSOPClassUID = RT_ION_PLAN_STORAGE
@@ -618,7 +661,7 @@ def _rtdose(
         plan_ref.ReferencedFractionGroupSequence = DicomSequence([group_ref])
     ds.ReferencedRTPlanSequence = DicomSequence([plan_ref])
     ds.GridFrameOffsetVector = [_ds(k * geo.dz * stride_z) for k in range(frames)]
-    pixels, scaling = _dose_pixels(geo, scale)
+    pixels, scaling = _dose_pixels(dose)
     ds.DoseGridScaling = _ds(scaling)
     ds.TissueHeterogeneityCorrection = "IMAGE"
     ds.PixelData = pixels
@@ -630,14 +673,27 @@ def _write_doses(
     geo: _Geometry,
     uids: _Uids,
     patient: tuple[str, str],
-    beams: int,
+    plan: Dataset,
     per_beam: bool,
+    model: TpsDoseModel,
 ) -> list[Path]:
-    paths = [_write(_rtdose(geo, uids, patient, 0, None, PRESCRIBED_DOSE_GY), folder / "RD_plan.dcm")]
+    stride, stride_z, *_ = _dose_grid(geo)
+    if model.kind == "standin":
+        on_ct = standin_doses(geo, plan, model)
+        beam_doses = {n: dose[::stride_z, ::stride, ::stride] for n, dose in on_ct.items()}
+    else:
+        count = len([b for b in plan.IonBeamSequence if b.TreatmentDeliveryType == "TREATMENT"])
+        blob = _gaussian_dose(geo, model.scale * PRESCRIBED_DOSE_GY / count)
+        beam_doses = {
+            int(b.BeamNumber): blob for b in plan.IonBeamSequence if b.TreatmentDeliveryType == "TREATMENT"
+        }
+    total = np.sum(list(beam_doses.values()), axis=0)
+    common = {"dose_type": model.dose_type, "shift_mm": model.shift_mm}
+    paths = [_write(_rtdose(geo, uids, patient, 0, None, total, **common), folder / "RD_plan.dcm")]
     if per_beam:
-        for b in range(beams):
-            ds = _rtdose(geo, uids, patient, b + 1, b + 1, PRESCRIBED_DOSE_GY / beams)
-            paths.append(_write(ds, folder / f"RD_beam{b + 1}.dcm"))
+        for index, (number, dose) in enumerate(sorted(beam_doses.items()), start=1):
+            ds = _rtdose(geo, uids, patient, index, number, dose, **common)
+            paths.append(_write(ds, folder / f"RD_beam{number}.dcm"))
     return paths
 
 
@@ -660,12 +716,15 @@ def build_case(
     setup_beam: bool = False,
     per_beam_doses: bool = False,
     seed: str = "",
+    tps_dose: TpsDoseModel | None = None,
 ) -> SyntheticCase:
     """Write a complete synthetic case into ``out_dir`` (created if missing).
 
     Layout: ``RP_plan.dcm``, ``RS_struct.dcm``, ``RD_plan.dcm`` (and ``RD_beam<n>.dcm``
     with ``per_beam_doses``), ``ct/CT_<index>.dcm``. ``seed`` changes every UID without
-    changing the geometry, to build distinct cases of the same shape.
+    changing the geometry, to build distinct cases of the same shape. ``tps_dose`` says
+    how the TPS dose is made (default: the stand-in's model, so the case passes QA); it
+    changes no UID and no other file.
     """
     if beams < 1 or layers < 1 or spots_per_layer < 1:
         raise ValueError("beams, layers and spots_per_layer must be at least 1")
@@ -698,8 +757,10 @@ def build_case(
     rtstruct = _write(_rtstruct(geo, uids, patient), folder / "RS_struct.dcm")
     half = _target_half_width(geo)
     beam_layers = [_layers(b, layers, spots_per_layer, half, key) for b in range(beams)]
-    plan = _write(_rtplan(geo, uids, patient, beam_layers, names, setup_beam), folder / "RP_plan.dcm")
-    doses = _write_doses(folder, geo, uids, patient, beams, per_beam_doses) if with_tps_dose else []
+    plan_ds = _rtplan(geo, uids, patient, beam_layers, names, setup_beam)
+    plan = _write(plan_ds, folder / "RP_plan.dcm")
+    model = tps_dose or TpsDoseModel()
+    doses = _write_doses(folder, geo, uids, patient, plan_ds, per_beam_doses, model) if with_tps_dose else []
     return SyntheticCase(
         folder=folder,
         plan=plan,
@@ -726,14 +787,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--spots-per-layer", type=int, default=16)
     parser.add_argument("--shape", default="64,64,40", help="rows,columns,slices")
+    parser.add_argument("--no-tps-dose", action="store_true", help="write no TPS RT Dose")
+    parser.add_argument(
+        "--tps-shift-mm", default="0,0,0", help="move the TPS dose by x,y,z mm (a case that must fail QA)"
+    )
+    parser.add_argument("--tps-scale", type=float, default=1.0, help="multiply the TPS dose (e.g. 1.05)")
+    parser.add_argument(
+        "--particles-per-history", type=float, default=1.0, help="the engine's ParticlesPerHistory"
+    )
     args = parser.parse_args(argv)
     rows, columns, slices = (int(v) for v in args.shape.split(","))
+    sx, sy, sz = (float(v) for v in args.tps_shift_mm.split(","))
+    model = TpsDoseModel(
+        particles_per_history=args.particles_per_history, shift_mm=(sx, sy, sz), scale=args.tps_scale
+    )
     case = build_case(
         args.folder,
         beams=args.beams,
         layers=args.layers,
         spots_per_layer=args.spots_per_layer,
         ct_shape=(rows, columns, slices),
+        with_tps_dose=not args.no_tps_dose,
+        tps_dose=model,
     )
     print(f"wrote a {args.beams}-beam synthetic case to {case.folder}")
     return 0

@@ -294,7 +294,7 @@ def test_json_shape(case: SyntheticCase) -> None:
     assert summary["ct"] == {"slices": 12, "rows": 24, "columns": 24, "spacing": [2.0, 2.0, 2.5]}
     assert summary["structures"] == ["External", "Target"]
     assert summary["tps_doses"] == [
-        {"file": "RD_plan.dcm", "summation_type": "PLAN", "dose_type": "PHYSICAL", "beam_number": None}
+        {"file": "RD_plan.dcm", "summation_type": "PLAN", "dose_type": "EFFECTIVE", "beam_number": None}
     ]
     json.dumps(summary)
 

@@ -1,0 +1,168 @@
+"""Gamma speed, memory and agreement: mqi.qa against pymedphys in the same run.
+
+Run: .venv/bin/python bench/bench_gamma.py [--skip-pymedphys] [--json]
+
+1. APTG (107x107x110 at 2 mm, ../shared/data/aptg-plan03): the TPS plan dose as reference,
+   the beam sum shifted +2 mm in x and scaled +3% as evaluated; global gamma, 10% cutoff,
+   3%/3 mm and 2%/2 mm. mqi.qa and pymedphys 0.41 (interp_fraction 10, max_gamma 2) each
+   in a fresh child process: wall time of the gamma call alone, peak RSS of the child.
+   Targets: >= 50x faster than pymedphys, pass rates within 0.1 points, peak <= 0.5 GB.
+2. A 200^3 pair at 2 mm (a 16 x 16 x 14 cm field with erf edges and a 30-50% entrance
+   plateau; evaluated moved 1.5 mm in x and y, +2% and 1% Gaussian noise like an MC dose):
+   mqi.qa alone (pymedphys takes minutes here). Targets: <= 2 s at 3%/3 mm, <= 5 s at 2%/2 mm.
+
+Every child first runs the gamma once on a small grid so compilation (numba, cached on
+disk) is not timed. Exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+APTG = ROOT.parent / "shared" / "data" / "aptg-plan03"
+CRITERIA = (("3%/3mm/10%", 3.0, 3.0), ("2%/2mm/10%", 2.0, 2.0))
+SPEEDUP_TARGET = 50.0
+AGREEMENT_POINTS = 0.1
+PEAK_GB_TARGET = 0.5
+LARGE_TARGETS_S = {"3%/3mm/10%": 2.0, "2%/2mm/10%": 5.0}
+
+CHILD = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    import numpy as np
+    sys.path.insert(0, {root!r})
+    from mqi.qa.grids import DoseGrid, read_dose, sum_doses
+    from mqi.qa.gamma import gamma_index, parse_criterion
+
+    def aptg():
+        import glob
+        plan = read_dose(glob.glob({aptg!r} + "/RD*.3000.*.dcm")[0])
+        beams = sum_doses([read_dose(p) for p in sorted(glob.glob({aptg!r} + "/RD*.[45]000.*.dcm"))])
+        return plan, beams.shifted(dx=2.0).scaled(1.03)
+
+    def large():
+        n, step = 200, 2.0
+        axis = (np.arange(n) - (n - 1) / 2) * step
+        from scipy.special import erf
+        def box(a, half, sigma=4.0):
+            return 0.5 * (erf((a + half) / (sigma * 2**0.5)) - erf((a - half) / (sigma * 2**0.5)))
+        def dose(shift):
+            x = axis[None, None, :] - shift
+            lateral = box(axis[None, :, None] - shift, 80.0) * box(axis[:, None, None], 80.0)
+            depth = np.where(x < -70.0, 0.3 + 0.2 * (x + 200.0) / 130.0, 1.0) * box(x + 65.0, 135.0)
+            return 2.0 * lateral * depth
+        reference = DoseGrid(dose(0.0), axis, axis, axis)
+        rng = np.random.default_rng(7)
+        noisy = dose(1.5) * 1.02 * (1 + 0.01 * rng.standard_normal((n, n, n)))
+        return reference, DoseGrid(noisy, axis, axis, axis)
+
+    which, text, tool = sys.argv[1], sys.argv[2], sys.argv[3]
+    reference, evaluated = aptg() if which == "aptg" else large()
+    criterion = parse_criterion(text)
+    if tool == "mqi":
+        axis = np.arange(8) * 2.0
+        small = DoseGrid(np.random.default_rng(1).random((8, 8, 8)), axis, axis, axis)
+        gamma_index(small, small, criterion)  # warm the compiled kernels
+        started = time.perf_counter()
+        result = gamma_index(reference, evaluated, criterion)
+        seconds = time.perf_counter() - started
+        rate, voxels = result.pass_rate, result.evaluated_voxels
+    else:
+        import pymedphys
+        started = time.perf_counter()
+        gamma = pymedphys.gamma(
+            (reference.z, reference.y, reference.x), reference.values,
+            (evaluated.z, evaluated.y, evaluated.x), evaluated.values,
+            dose_percent_threshold=criterion.dose_percent, distance_mm_threshold=criterion.distance_mm,
+            lower_percent_dose_cutoff=criterion.cutoff_percent, interp_fraction=10, max_gamma=2,
+            global_normalisation=float(reference.values.max()), quiet=True,
+        )
+        seconds = time.perf_counter() - started
+        valid = ~np.isnan(gamma)
+        rate, voxels = 100.0 * np.count_nonzero(gamma[valid] <= 1) / np.count_nonzero(valid), int(valid.sum())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({{"seconds": seconds, "pass_rate": rate, "voxels": voxels, "peak_gb": peak}}))
+    """
+)
+
+
+def run_child(which: str, criterion: str, tool: str) -> dict[str, float]:
+    code = CHILD.format(root=str(ROOT), aptg=str(APTG))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    done = subprocess.run(
+        [sys.executable, "-c", code, which, criterion, tool],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{tool} on {which} {criterion} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-pymedphys", action="store_true", help="only mqi.qa (no speed-up figure)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if not APTG.is_dir():
+        print(f"APTG data not found at {APTG}", file=sys.stderr)
+        return 2
+    rows, missed = [], []
+    for text, _, _ in CRITERIA:
+        ours = run_child("aptg", text, "mqi")
+        row = {"case": "aptg", "criterion": text, "mqi": ours}
+        if ours["peak_gb"] > PEAK_GB_TARGET:
+            missed.append(f"aptg {text}: peak {ours['peak_gb']:.2f} GB > {PEAK_GB_TARGET} GB")
+        if not args.skip_pymedphys:
+            theirs = run_child("aptg", text, "pymedphys")
+            row["pymedphys"] = theirs
+            row["speedup"] = theirs["seconds"] / ours["seconds"]
+            row["difference_points"] = ours["pass_rate"] - theirs["pass_rate"]
+            if row["speedup"] < SPEEDUP_TARGET:
+                missed.append(f"aptg {text}: {row['speedup']:.0f}x faster < {SPEEDUP_TARGET:.0f}x")
+            if abs(row["difference_points"]) > AGREEMENT_POINTS:
+                missed.append(f"aptg {text}: {row['difference_points']:+.2f} points from pymedphys")
+        rows.append(row)
+        print(_line(row), flush=True)
+    for text, _, _ in CRITERIA:
+        ours = run_child("large", text, "mqi")
+        row = {"case": "200^3", "criterion": text, "mqi": ours}
+        if ours["seconds"] > LARGE_TARGETS_S[text]:
+            missed.append(f"200^3 {text}: {ours['seconds']:.2f} s > {LARGE_TARGETS_S[text]} s")
+        rows.append(row)
+        print(_line(row), flush=True)
+    if args.json:
+        print(json.dumps({"rows": rows, "missed": missed, "cpus": os.cpu_count()}, indent=2))
+    for item in missed:
+        print(f"MISSED: {item}")
+    print(f"load average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus")
+    return 1 if missed else 0
+
+
+def _line(row: dict) -> str:
+    ours = row["mqi"]
+    text = (
+        f"{row['case']:6} {row['criterion']:11} mqi {ours['seconds']:7.2f} s {ours['pass_rate']:8.3f}% "
+        f"peak {ours['peak_gb']:.2f} GB ({ours['voxels']} voxels)"
+    )
+    if "pymedphys" in row:
+        theirs = row["pymedphys"]
+        text += (
+            f" | pymedphys {theirs['seconds']:7.1f} s {theirs['pass_rate']:8.3f}%"
+            f" peak {theirs['peak_gb']:.2f} GB"
+            f" | {row['speedup']:.0f}x, {row['difference_points']:+.3f} points"
+        )
+    return text
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
