@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
@@ -151,6 +151,10 @@ class Summary(BaseModel):
     tps_doses: list[str] = Field(default_factory=list)
     beams: list[SummaryBeam] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of each result file, by name.")
+    qa: dict[str, Any] | None = Field(
+        None,
+        description="The QA verdict in short (verdict, first criterion and its pass rate); qa.json has all.",
+    )
 
     def failed_beams(self) -> list[SummaryBeam]:
         return [beam for beam in self.beams if beam.status != "completed"]

@@ -379,7 +379,6 @@ class Config(_Model):
     dicom: DicomConfig | None = Field(None, description="DICOM networking (`mqi listen`); absent: off.")
     web: WebConfig = Field(default_factory=lambda: WebConfig())
 
-
     qa: QAConfig = Field(default_factory=QAConfig)
 
     source: Path | None = Field(None, exclude=True, description="The file this was loaded from.")

@@ -458,7 +458,8 @@ def postprocess_bundle(
         _write_log(log, results, plan_sha)
     from mqi.qa.case import qa_status, write_bundle_qa  # numba/matplotlib only when needed
 
-    summary["files"].update(write_bundle_qa(bundle_dir, manifest, summary, log))
-    summary["qa"] = qa_status(results_dir / "qa.json")
+    summary.files.update(write_bundle_qa(bundle_dir, manifest, summary.model_dump(mode="json"), log))
+    if (results_dir / "qa.json").is_file():
+        summary.qa = qa_status(results_dir / "qa.json")
     write_summary(results_dir, summary)
     return summary.model_dump(mode="json")

@@ -136,6 +136,10 @@ def write_bundle_qa(
             qa = _error_qa("no TPS dose in the case", qa_config, manifest.case_uid, "not-compared")
         else:
             qa = bundle_qa(bundle_dir, manifest, summary, qa_config)
+        # On the cluster the report names the case by its uid only: every cluster user can
+        # read scratch. `mqi report CASE_ID` renders the page with plan label and PatientID
+        # on the workstation.
+        qa.plan_label = qa.patient_id = ""
     except Exception as err:  # QA must never fail the delivery of the doses
         detail = traceback.format_exception_only(type(err), err)[-1].strip()
         qa = _error_qa(f"QA failed: {detail}", qa_config, manifest.case_uid)

@@ -12,12 +12,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from mqi.testing import standin
 from mqi.config import GammaCriterionConfig, QAConfig
 from mqi.qa.compare import compare_files, compare_grids, run_case_qa
 from mqi.qa.grids import DoseGrid, read_dose
 from mqi.qa.model import SCHEMA
 from mqi.qa.report import write_report
+from mqi.testing import standin
 from mqi.testing.synthetic import TpsDoseModel, build_case
 from tests.unit.qa_fixtures import aptg_beam_doses, aptg_file, aptg_plan_dose
 

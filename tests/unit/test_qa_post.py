@@ -53,7 +53,9 @@ def test_post_job_writes_qa_json_and_report_with_the_verdict(tmp_path: Path, mod
         assert summary["files"]["report.pdf"] == sha256_file(results / "report.pdf")
         assert summary["qa"]["first_pass_rate"] == qa["comparisons"][0]["gamma"][0]["pass_rate"]
         assert qa["engine"]["parameters"]["ParticlesPerHistory"] == "1"
-        assert qa["plan_label"] and qa["patient_id"] == "MQI-SYNTH-001" and qa["plan_uid"]
+        # written on the cluster: the plan's uid, never its label or the patient id (issue 11)
+        assert qa["plan_label"] == qa["patient_id"] == "" and qa["plan_uid"]
+        assert "MQI-SYNTH-001" not in (results / "qa.json").read_text()
         assert "Synthetic^Phantom" not in (results / "qa.json").read_text()
 
 
