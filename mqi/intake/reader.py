@@ -50,6 +50,8 @@ class IntakeOptions:
     read_structure: bool = False
     body_contour_name: str = DEFAULT_BODY_CONTOUR
     plan_uid: str | None = None
+    mc_dose_type: str | None = None  # moqui.dose_type; None: the dose type is not checked
+    engine_parameters: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def from_config(cls, config: Config, plan_uid: str | None = None) -> IntakeOptions:
@@ -62,6 +64,8 @@ class IntakeOptions:
             read_structure=read_structure is not None and _truthy(read_structure),
             body_contour_name=str(body).strip() if body not in (None, "") else DEFAULT_BODY_CONTOUR,
             plan_uid=plan_uid,
+            mc_dose_type=config.moqui.dose_type,
+            engine_parameters=tuple(parameters.items()),
         )
 
 
@@ -233,6 +237,8 @@ def _read(case_dir: Path, options: IntakeOptions, problems: Problems, result: In
     if plan_info is not None:
         _check_patient_ids(plan_info, ct, structures, options, problems)
         _check_isocentres(plan_info, result.beams, ct.grid, problems)
+    if plan is not None and options.mc_dose_type:
+        _check_dose_type(plan.fractions, result.tps_doses, options, problems)
     if plan is not None and ct.grid is not None and result.beams and not problems.errors:
         result.case = Case(
             case_id=result.case_id or "",
@@ -288,6 +294,23 @@ def _check_patient_ids(
             plan.header.path,
             error=error,
         )
+
+
+def _check_dose_type(
+    fractions: int, doses: list[TPSDose], options: IntakeOptions, problems: Problems
+) -> None:
+    """The MC dose and the TPS dose must mean the same thing, or QA compares apples with 1.1 apples."""
+    from mqi.qa.dosetype import dose_type_problems
+
+    reference = next((d for d in doses if d.beam_number is None), doses[0] if doses else None)
+    for message in dose_type_problems(
+        mc_dose_type=options.mc_dose_type or "EFFECTIVE",
+        parameters=dict(options.engine_parameters),
+        plan_fractions=fractions,
+        tps_dose_type=reference.dose_type if reference else None,
+        tps_summation_type=reference.summation_type if reference else None,
+    ):
+        problems.error(Code.DOSE_TYPE_MISMATCH, message, reference.path if reference else None)
 
 
 def _check_isocentres(plan: PlanInfo, beams: list[Beam], grid: CTGrid | None, problems: Problems) -> None:

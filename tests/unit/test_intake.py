@@ -255,6 +255,8 @@ def test_options_from_config() -> None:
         read_structure=True,
         body_contour_name="Body",
         plan_uid="1.2.3",
+        mc_dose_type="EFFECTIVE",
+        engine_parameters=tuple(config.moqui.parameters.items()),
     )
 
 
