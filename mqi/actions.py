@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from mqi import slurm
@@ -20,24 +22,56 @@ RETRYABLE_CASE_STATUSES = frozenset({"failed", "cancelled"})
 
 
 def all_case_statuses(store: Store) -> list[dict[str, Any]]:
-    """Every case's status document, oldest first, in three queries."""
+    """Every case's status document, oldest first, in four queries."""
     cases = store.list_cases()
     ids = [case.case_id for case in cases]
-    beams, jobs = store.beams_by_case(ids), store.jobs_by_case(ids)
+    beams, jobs, verdicts = store.beams_by_case(ids), store.jobs_by_case(ids), qa_verdicts(store, ids)
     return [
-        case_status(store, case, beams.get(case.case_id, []), jobs.get(case.case_id, [])) for case in cases
+        case_status(store, case, beams.get(case.case_id, []), jobs.get(case.case_id, []), verdicts)
+        for case in cases
     ]
 
 
+def qa_verdicts(store: Store, case_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The newest QA verdict of each case (from the post job, or a later `mqi report`)."""
+    found: dict[str, dict[str, Any]] = {}
+    for event in store.events_of_field("qa", case_ids):
+        rate = event.reason.split(";")[0] if event.reason else ""
+        found[event.case_id] = {"verdict": event.new, "summary": event.reason or "", "first": rate}
+    return found
+
+
+def qa_details(results_dir: str | None) -> dict[str, Any] | None:
+    """Every figure of a delivered case's qa.json (None when there is none)."""
+    if not results_dir:
+        return None
+    path = Path(results_dir) / "qa.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def case_status(
-    store: Store, case: Case, beams: list[Beam] | None = None, jobs: list[Job] | None = None
+    store: Store,
+    case: Case,
+    beams: list[Beam] | None = None,
+    jobs: list[Job] | None = None,
+    verdicts: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The `mqi status --json` shape of one case (keys may be added, never renamed)."""
+    """The `mqi status --json` shape of one case (keys may be added, never renamed). One case
+    alone (no ``verdicts`` given) also carries every QA figure, from its qa.json."""
+    alone = verdicts is None
     if beams is None:
         beams = store.list_beams(case.case_id)
     if jobs is None:
         jobs = store.list_jobs(case.case_id)
+    if verdicts is None:
+        verdicts = qa_verdicts(store, [case.case_id])
     return {
+        "schema": "mqi.status/1",
+        "qa": verdicts.get(case.case_id),
+        **({"qa_details": qa_details(case.results_dir)} if alone else {}),
         "case_id": case.case_id,
         "case_uid": case.case_uid,
         "status": case.status,

@@ -319,6 +319,59 @@ class Session:
                 document["sends"] = found.get(document["case_id"], [])
         return documents[0] if case_id is not None else documents
 
+    # -- the QA answer --------------------------------------------------------------------
+    def compare(
+        self, reference: str | Path, evaluated: str | Path, *, criteria: list[str] | None = None
+    ) -> Any:
+        """`mqi compare`: gamma, dose difference and verdict of any two RT Dose files (the first
+        is the reference); ``criteria`` as ``3%/3mm/10%`` or ``2%/2mm/10%>=90`` (default: qa:)."""
+        from mqi.qa.compare import compare_files
+
+        return compare_files(Path(reference), Path(evaluated), _criteria(criteria), qa=self.config.qa)
+
+    def report(self, case_id: str, *, criteria: list[str] | None = None) -> dict[str, Any]:
+        """`mqi report`: the comparison recomputed here from the delivered doses and the case
+        folder's TPS dose, written beside the post job's (qa.<time>.json, report.<time>.pdf);
+        on the workstation the signing page carries the plan label and PatientID."""
+        from mqi.intake import IntakeOptions, read_case
+        from mqi.qa.case import recompute_case_qa
+
+        case = self.store.require_case(case_id)
+        results = Path(case.results_dir) if case.results_dir else None
+        if results is None or not results.is_dir():
+            raise UsageError(
+                f"case {case_id} has no delivered results to compare (see `mqi status {case_id}`)"
+            )
+        intake = read_case(
+            Path(case.source_dir), IntakeOptions.from_config(self.config, plan_uid=case.plan_uid)
+        )
+        if intake.case is None:
+            raise UsageError(
+                f"case {case_id}: its folder {case.source_dir} no longer reads as the case it was"
+            )
+        settings = self.config.qa
+        if criteria:
+            settings = settings.model_copy(update={"criteria": _criteria(criteria)})
+        structures = intake.case.structure_set
+        result, json_path, pdf_path = recompute_case_qa(
+            results,
+            [dose.path for dose in intake.case.tps_doses],
+            settings,
+            plan_file=intake.case.plan.path,
+            structure_file=structures.path if structures else None,
+        )
+        self.store.add_event(case_id, "case", case_id, "qa", None, result.verdict, _qa_reason(result))
+        return {
+            "schema": "mqi.report/1",
+            "case_id": case_id,
+            "verdict": result.verdict,
+            "first_criterion": result.first_criterion,
+            "first_pass_rate": result.first_pass_rate,
+            "reasons": result.reasons,
+            "qa_json": str(json_path),
+            "report_pdf": None if pdf_path is None else str(pdf_path),
+        }
+
     def cancel(self, case_id: str) -> list[str]:
         """scancel the case's unfinished jobs; the case becomes cancelled. Returns the job ids."""
         from mqi.actions import cancel_case
@@ -512,6 +565,26 @@ class Session:
                 logger.warning(problem)
 
         self._record(write)
+
+
+def _criteria(texts: list[str] | None) -> Any:
+    from mqi.qa.gamma import criterion_config
+
+    if not texts:
+        return None
+    try:
+        return [criterion_config(text) for text in texts]
+    except ValueError as error:
+        raise UsageError(f"--criteria: {error} (write e.g. 3%/3mm/10% or 2%/2mm/10%>=90)") from None
+
+
+def _qa_reason(result: Any) -> str:
+    """The QA event's reason: the first criterion's pass rate, then why, in one line."""
+    parts = []
+    if result.first_pass_rate is not None:
+        parts.append(f"{result.first_criterion} {result.first_pass_rate:.1f}%")
+    parts += list(result.reasons[:2])
+    return "; ".join(parts)
 
 
 class _RecordedPoller:

@@ -34,6 +34,7 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 RESULTS_DIR = "results"
 SUMMARY_NAME = "summary.json"
+QA_CONFIG_NAME = "qa_config.json"  # the `qa:` config the post job compares with
 EXIT_CODE_NAME = "exit_code"
 
 

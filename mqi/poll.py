@@ -367,6 +367,10 @@ class Poller:
                 results_dir=str(target),
                 delivered_at=now_iso(),
             )
+            if summary.qa and summary.qa.get("verdict"):
+                self.store.add_event(
+                    case_id, "case", case_id, "qa", None, summary.qa["verdict"], _qa_line(summary.qa)
+                )
         report.changes += 1
         report.delivered.append(case_id)
         if not completed:
@@ -463,6 +467,15 @@ def _mirror_tasks(
         if record.exit_code is not None:
             fields["exit_code"] = record.exit_code
         changes.beam(beam, fields)
+
+
+def _qa_line(qa: dict[str, Any]) -> str:
+    """The QA event's reason: the first criterion's pass rate, then why, in one line."""
+    parts = []
+    if qa.get("first_pass_rate") is not None:
+        parts.append(f"{qa.get('first_criterion')} {float(qa['first_pass_rate']):.1f}%")
+    parts += [str(reason) for reason in (qa.get("reasons") or [])[:2]]
+    return "; ".join(parts)
 
 
 def _as_tasks(records: list[JobRecord], indices: str | None) -> list[JobRecord]:

@@ -51,7 +51,15 @@ import pydicom
 
 from mqi import moqui_params
 from mqi import slurm as slurm_syntax
-from mqi.bundle import MANIFEST_NAME, Manifest, ManifestBeam, ManifestGrid, sha256_file, write_manifest
+from mqi.bundle import (
+    MANIFEST_NAME,
+    QA_CONFIG_NAME,
+    Manifest,
+    ManifestBeam,
+    ManifestGrid,
+    sha256_file,
+    write_manifest,
+)
 from mqi.config import Config, MoquiConfig, Priority, SlurmConfig
 from mqi.errors import UsageError
 from mqi.intake.model import Case, TPSDose
@@ -577,6 +585,7 @@ def _fill(
         _write(root / "beams" / str(beam.number) / "moqui_tps.in", text)
     for name, text in scripts.items():
         _write(root / "jobs" / name, text, SCRIPT_MODE)
+    _write(root / QA_CONFIG_NAME, config.qa.model_dump_json(indent=2) + "\n")
     (root / "logs").mkdir()
     files = _checksums(root)
     _write(root / CHECKSUMS_NAME, "".join(f"{h}  {p}\n" for p, h in sorted(files.items())))

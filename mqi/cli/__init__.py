@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from mqi import __version__
-from mqi.cli import cases, operate, web
+from mqi.cli import cases, operate, qa, web
 from mqi.cli.common import fail, out, set_global_config
 
 app = typer.Typer(
@@ -60,6 +60,7 @@ def _global(
 
 cases.register(app)
 operate.register(app)
+qa.register(app)
 web.register(app)
 
 

@@ -26,7 +26,8 @@ class _LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(highlight=False, **self._options)
+            # soft_wrap: a long line stays one line in a pipe or a log, never cut at 80 columns
+            self._console = Console(highlight=False, soft_wrap=True, **self._options)
         return getattr(self._console, name)
 
 

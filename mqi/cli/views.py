@@ -83,7 +83,7 @@ def slurm_moment(text: str | None, *, utc: bool) -> str:
 
 def cases_rows(cases: list[dict[str, Any]]) -> Rows:
     """One row per case: status, beams done, age, time waiting and running, error."""
-    table = Rows("mqi cases", ["case", "status", "beams", "age", "waited", "ran", "error"])
+    table = Rows("mqi cases", ["case", "status", "qa", "beams", "age", "waited", "ran", "error"])
     for case in cases:
         beams = case["beams"]
         done = sum(beam["status"] == "completed" for beam in beams)
@@ -93,6 +93,7 @@ def cases_rows(cases: list[dict[str, Any]]) -> Rows:
             [
                 case["case_id"],
                 case["status"],
+                _verdict(case.get("qa")),
                 f"{done}/{len(beams)}" if beams else "",
                 age(case["created_at"]),
                 span(case["submitted_at"], min(started) if started else None),
@@ -102,6 +103,14 @@ def cases_rows(cases: list[dict[str, Any]]) -> Rows:
         )
         table.styles.append(STYLE.get(case["status"], ""))
     return table
+
+
+def _verdict(qa: dict[str, Any] | None) -> str:
+    """``pass 98.7%`` (the first criterion's pass rate), or the verdict alone."""
+    if not qa:
+        return ""
+    rate = qa.get("first", "").rsplit(" ", 1)[-1] if qa.get("first") else ""
+    return f"{qa['verdict']} {rate}".strip() if rate.endswith("%") else str(qa["verdict"])
 
 
 def beams_rows(case: dict[str, Any], *, utc: bool) -> Rows:
@@ -136,6 +145,8 @@ def case_lines(case: dict[str, Any], *, utc: bool) -> list[str]:
     lines += [f"  {problem['code']}: {problem['message']}" for problem in case["errors"]]
     if case["results_dir"]:
         lines.append(f"results: {case['results_dir']}")
+    if case.get("qa"):
+        lines.append(f"qa: {case['qa']['verdict']} ({case['qa']['summary']})")
     for send in case.get("sends", []):
         lines.append(f"send to {send['destination']}: {send['state']} ({send['reason'] or ''})")
     if case["jobs"]:

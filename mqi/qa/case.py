@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from mqi.bundle import Manifest, sha256_file
+from mqi.bundle import QA_CONFIG_NAME, Manifest, sha256_file
 from mqi.config import QAConfig
 from mqi.moqui_params import read_parameter_file
 from mqi.qa.compare import run_case_qa
@@ -28,7 +28,6 @@ from mqi.qa.report import write_report
 
 QA_NAME = "qa.json"
 REPORT_NAME = "report.pdf"
-QA_CONFIG_NAME = "qa_config.json"
 """Optional, in the bundle root: the workstation's ``qa:`` section as JSON; defaults when absent."""
 
 

@@ -87,7 +87,7 @@ def test_no_name_from_the_case_reaches_the_bundle_outside_dicom(tmp_path: Path) 
     )
     assert not any(p.suffix in (".txt", ".pdf") for p in files)
     tops = {p.relative_to(root).parts[0] for p in files}
-    assert tops <= {"input", "tps", "delivery_logs", "beams", "jobs", "manifest.json"}
+    assert tops <= {"input", "tps", "delivery_logs", "beams", "jobs", "manifest.json", "qa_config.json"}
 
 
 def test_bundle_is_private(tmp_path: Path) -> None:
