@@ -15,8 +15,8 @@ scripts/dev-cluster.sh remote-python
 eval "$(scripts/dev-cluster.sh env)"
 
 demo=$MQI_DEV_DIR/demo
-rm -rf "$demo"
-mkdir -p "$demo/incoming"
+rm -rf "$demo" "$MQI_TEST_REMOTE_DIR/demo"  # a fresh start, here and on the "cluster"
+mkdir -p "$demo/incoming" "$demo/results"
 cat > "$demo/mqi.yaml" <<YAML
 # Demo config: the dev cluster over SSH, the MOQUI stand-in as the engine.
 watch_dir: $demo/incoming
@@ -38,6 +38,7 @@ slurm:
 moqui:
   command: $MQI_TEST_STANDIN --seconds 2
   parameters: {ParticlesPerHistory: 1, Scorer: Dose, OutputFormat: raw}
+poll: {interval_seconds: 2}
 YAML
 export MQI_CONFIG=$demo/mqi.yaml
 mqi=.venv/bin/mqi
@@ -45,23 +46,26 @@ mqi=.venv/bin/mqi
 step "mqi doctor"
 $mqi doctor
 
-step "A synthetic case: water phantom CT, structure set, 2-beam proton plan"
+step "Two synthetic cases: water phantom CT, structure set, 2-beam proton plan, TPS dose"
 .venv/bin/python -m mqi.testing.synthetic "$demo/incoming/Demo Phantom"
+# The second one's TPS dose is shifted 3 mm: the Monte Carlo QA must catch it.
+.venv/bin/python -m mqi.testing.synthetic "$demo/incoming/Shifted Phantom" --tps-shift-mm 3,0,0
 $mqi check "$demo/incoming/Demo Phantom"
 
-step "mqi scan (what cron runs): submits the ready case"
+step "mqi scan (what cron runs): submits the ready cases"
 $mqi scan
 
 step "mqi queue"
 $mqi queue
 
-step "mqi poll --wait: follow Slurm until the case is done"
+step "mqi poll --wait: follow Slurm until the cases are done"
 $mqi poll --wait --timeout 600
 
-step "mqi status"
+step "mqi status: the QA verdict and the first criterion's pass rate"
 $mqi status
 case_id=$($mqi status --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)[0]["case_id"])')
 $mqi status "$case_id"
 
-step "RT Dose files"
+step "RT Dose files, qa.json and the report to sign"
 ls -l "$demo/results/$case_id"
+echo "report: $demo/results/$case_id/report.pdf"
