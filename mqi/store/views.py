@@ -80,6 +80,13 @@ class MetricsSnapshot:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Each case's newest QA verdict, counted (the events index on (case_id, id) finds each newest).
+_VERDICT_COUNTS = (
+    "SELECT e.new, COUNT(*) FROM events e WHERE e.field = 'qa' AND e.id = "
+    "(SELECT MAX(id) FROM events WHERE case_id = e.case_id AND field = 'qa') GROUP BY e.new"
+)
+
+
 class ViewQueries(Database):
     # -- the case list
 
@@ -95,9 +102,24 @@ class ViewQueries(Database):
             [*args, limit, offset],
         )
         sums = self._beam_sums(row["case_id"] for row in rows)
+        verdicts = self._latest_qa(row["case_id"] for row in rows)
         for row in rows:
             row.update(sums.get(row["case_id"], _NO_BEAMS))
+            verdict, reason = verdicts.get(row["case_id"], (None, None))
+            row["qa_verdict"] = verdict
+            row["qa_first"] = (
+                reason.split(";")[0].rsplit(" ", 1)[-1] if reason and "%" in reason.split(";")[0] else None
+            )
         return rows, total
+
+    def _latest_qa(self, case_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+        """Each case's newest QA verdict and its reason (``3%/3mm/10% 98.7%; ...``)."""
+        cursor = self._conn.execute(
+            "SELECT case_id, new, reason FROM events"
+            f" WHERE field = 'qa' AND case_id IN {_ANY_OF} ORDER BY id",
+            [_json_list(case_ids)],
+        )
+        return {case_id: (verdict, reason) for case_id, verdict, reason in cursor}
 
     def _beam_sums(self, case_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         # The first start since the (latest) submission: a retry's beams, not the first attempt's.
@@ -266,6 +288,7 @@ class ViewQueries(Database):
             poll_seconds_sum=counters.get("poll_seconds", 0.0),
             last_poll=self.last_poll(),
             last_ok_poll_at=self._counter_at("poll_cycles_ok"),
+            extra={"cases_by_verdict": self._counts(_VERDICT_COUNTS)},
         )
 
     def record_durations(self) -> None:

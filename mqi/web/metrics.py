@@ -21,9 +21,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def verdict_metrics(snapshot: MetricsSnapshot) -> list[Metric]:
-    """QA hook: the QA branch adds ``mqi_cases_by_verdict{verdict}`` here from
-    ``snapshot.extra``. Until then: none."""
-    return []
+    """Cases by their newest QA verdict (pass, review, fail, not-compared, error)."""
+    family = GaugeMetricFamily("mqi_cases_by_verdict", "Cases by their newest QA verdict", labels=["verdict"])
+    for verdict, count in sorted(snapshot.extra.get("cases_by_verdict", {}).items()):
+        family.add_metric([verdict], count)
+    return [family]
 
 
 def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
