@@ -154,6 +154,7 @@ def render_for_cluster(
             **slurm_settings,
         },
         moqui={"command": str(engine)},
+        retention={"keep_raw": True},  # these tests look at the engine's raw output after post
     )
     case = aptg_case(hostile_case(root), case_uid=uid)
     return render_bundle(case, config, root / "remote dir 'q'" / uid)
