@@ -4,6 +4,7 @@ logs, scan, run, and the crontab line."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -198,32 +199,16 @@ def run(
     config: ConfigOption = None,
 ) -> None:
     """Scan and poll for ever (for systemd); SIGTERM ends it cleanly after the current cycle."""
-    import signal
-
-    stop = {"now": False}
-
-    def request_stop(_signum: int, _frame: Any) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    should_stop = _stop_on_signals()
     with session(config) as mqi:
-        mqi.run_service(interval=interval, should_stop=lambda: stop["now"])
+        mqi.run_service(interval=interval, should_stop=should_stop)
 
 
 def listen(config: ConfigOption = None) -> None:
     """Receive cases from the TPS by DICOM (C-STORE) and submit each complete one (for systemd)."""
-    import signal
-
-    stop = {"now": False}
-
-    def request_stop(_signum: int, _frame: Any) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    should_stop = _stop_on_signals()
     with session(config) as mqi:
-        mqi.listen(should_stop=lambda: stop["now"])
+        mqi.listen(should_stop=should_stop)
 
 
 def clean(
@@ -252,6 +237,20 @@ def clean(
         log(f"clean: {error}")
     if report.errors:
         raise typer.Exit(1)
+
+
+def _stop_on_signals() -> Callable[[], bool]:
+    """SIGTERM (systemd) and Ctrl-C end a service loop cleanly after what it is doing."""
+    import signal
+
+    stop = {"now": False}
+
+    def request_stop(_signum: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return lambda: stop["now"]
 
 
 def cron_install(
