@@ -18,7 +18,10 @@ pytestmark = pytest.mark.cluster
 
 
 def test_pass_fail_and_not_compared(make_config: Callable[..., Path], tmp_path: Path) -> None:
-    config = make_config()
+    # The synthetic TPS dose is the stand-in's model at one particle per history.
+    config = make_config(
+        moqui={"parameters": {"ParticlesPerHistory": 1, "Scorer": "Dose", "OutputFormat": "raw"}}
+    )
     shape = {"ct_shape": (32, 32, 20), "layers": 2, "spots_per_layer": 9}
     cases = {
         "agrees": build_case(tmp_path / "agrees", **shape),
