@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def test_mqi_logs_with_a_hostile_remote_dir(make_config: Callable[..., Path], tm
         for args in (("--step", "post"), ("--beam", "2"), ("--step", "prepare")):
             shown = subprocess.run(
                 [
-                    os.environ.get("PYTHON", "python3"),
+                    sys.executable,
                     "-m",
                     "mqi",
                     "logs",
