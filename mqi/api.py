@@ -14,6 +14,7 @@ opened on first use and closed with the session. Every method raises an
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,16 +50,43 @@ def open(config: Config | str | Path | None = None, *, log: Log = _quiet) -> Ses
     return Session(config, log=log)
 
 
+def _log_limits(config: Config) -> tuple[int, int]:
+    return int(config.logs.max_mb * 1024 * 1024), config.logs.backups
+
+
 class Session:
     """One config, one database, at most one cluster connection. Use it as a context manager."""
 
     def __init__(self, config: Config, *, log: Log = _quiet) -> None:
         self.config = config
-        self.log = log
+        self.log = self._also_to_file(log)
+        self._rotate_cron_log()
         self._store: Store | None = None
         self._transport: Transport | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
+    def _also_to_file(self, log: Log) -> Log:
+        """What the session says (submitted, delivered, retrying...) also goes to the rotating
+        state_dir/logs/mqi.log, so cron's and `mqi run`'s messages are kept and bounded."""
+
+        def both(message: str) -> None:
+            log(message)
+            try:
+                from mqi.logs import logger_for
+
+                logger_for(self.config.state_dir, *_log_limits(self.config)).info(message)
+            except OSError:
+                pass  # a read-only state_dir never stops the work itself
+
+        return both
+
+    def _rotate_cron_log(self) -> None:
+        """cron appends to state_dir/cron.log (`mqi cron install`): rotated here, between runs."""
+        from mqi.logs import rotate_file
+
+        with contextlib.suppress(OSError):
+            rotate_file(self.config.state_dir / "cron.log", *_log_limits(self.config))
+
     def __enter__(self) -> Session:
         return self
 
@@ -558,7 +586,7 @@ class Session:
         from mqi.logs import log_state_changes, logger_for
 
         def write() -> None:
-            logger = logger_for(self.config.state_dir)
+            logger = logger_for(self.config.state_dir, *_log_limits(self.config))
             while log_state_changes(logger, self.store.claim_events_to_log()):
                 pass
             if problem:

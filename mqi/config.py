@@ -236,6 +236,14 @@ class IntakeConfig(_Model):
     )
 
 
+class LogConfig(_Model):
+    """The log files under state_dir: mqi.log (every state change and what the services say)
+    and cron.log (what the crontab line's commands print), both rotated by size."""
+
+    max_mb: float = Field(10, gt=0, description="Rotate a log file once it is larger than this (MB).")
+    backups: int = Field(5, ge=1, le=100, description="Rotated files kept: mqi.log.1 ... mqi.log.N.")
+
+
 class PollConfig(_Model):
     """How the poller follows Slurm."""
 
@@ -376,6 +384,7 @@ class Config(_Model):
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     poll: PollConfig = Field(default_factory=PollConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    logs: LogConfig = Field(default_factory=LogConfig)
     dicom: DicomConfig | None = Field(None, description="DICOM networking (`mqi listen`); absent: off.")
     web: WebConfig = Field(default_factory=lambda: WebConfig())
 

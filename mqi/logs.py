@@ -70,7 +70,23 @@ def _formatter() -> logging.Formatter:
     return formatter
 
 
-def logger_for(state_dir: Path) -> logging.Logger:
+def rotate_file(path: Path, max_bytes: int, backups: int) -> bool:
+    """``path`` becomes ``path.1`` (``.1`` becomes ``.2`` ...) once it is larger than
+    ``max_bytes``; for files that a shell appends to (cron's ``>>``), between two runs."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for n in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{n + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
+    return True
+
+
+def logger_for(state_dir: Path, max_bytes: int = MAX_BYTES, backups: int = BACKUPS) -> logging.Logger:
     """The ``mqi`` logger writing to ``state_dir/logs/mqi.log`` (one file handler per process,
     moved when a session with another state_dir asks)."""
     logger = logging.getLogger("mqi")
@@ -82,7 +98,7 @@ def logger_for(state_dir: Path) -> logging.Logger:
         logger.removeHandler(handler)
         handler.close()
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, delay=True)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, delay=True)
     handler.setFormatter(_formatter())
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

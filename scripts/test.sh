@@ -40,7 +40,7 @@ t3=$SECONDS
 # On 25.11 the tests of what talks to Slurm run again; DICOM, the dashboard and the QA
 # figures do not depend on the Slurm version. With arguments, exactly those tests run again.
 # Exit 5: the arguments selected no cluster test (e.g. a unit test file): nothing to repeat.
-slurm_tests=(tests/integration/test_{dev_cluster,chain,submit,operate,doctor,failures,retention,api}.py)
+slurm_tests=(tests/integration/test_{dev_cluster,chain,submit,operate,doctor,failures,failures_slurm,retention,api}.py)
 [ $# -gt 0 ] && slurm_tests=("$@")
 MQI_SLURM=25.11 .venv/bin/python -m pytest -m cluster "${slurm_tests[@]}" || { rc=$?; [ $rc = 5 ] || failed=1; }
 echo "[test] cluster tests on Slurm 25.11: $((SECONDS - t3))s"

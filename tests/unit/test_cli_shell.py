@@ -45,7 +45,7 @@ def test_status_piped_is_plain_columns_without_boxes(config: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert not BOX & set(result.stdout)
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:3] == ["case", "status", "beams"]
+    assert lines[0].split()[:4] == ["case", "status", "qa", "beams"]
     assert [line.split()[0] for line in lines[1:]] == ["phantom0-0123abcd", "phantom1-0123abcd"]
 
 
@@ -56,9 +56,9 @@ def test_status_tsv_cuts_and_csv_parses(config: Path) -> None:
         "phantom0-0123abcd",
         "phantom1-0123abcd",
     ]
-    assert all(len(line.split("\t")) == 7 for line in tsv.splitlines()), "a tab in a value never splits a row"
+    assert all(len(line.split("\t")) == 8 for line in tsv.splitlines()), "a tab in a value never splits a row"
     rows = list(csv.reader(io.StringIO(run_mqi("status", "-f", "csv", "--config", str(config)).stdout)))
-    assert rows[0][:2] == ["case", "status"] and rows[2][1] == "failed" and "134" in rows[2][6]
+    assert rows[0][:2] == ["case", "status"] and rows[2][1] == "failed" and "134" in rows[2][7]
 
 
 def test_json_and_format_json_are_the_same(config: Path) -> None:
@@ -92,3 +92,33 @@ def test_the_library_opens_a_str_or_a_path(config: Path) -> None:
                 "phantom1-0123abcd",
             ]
             assert session.status("phantom1-0123abcd")["error"].startswith("beam 2")
+
+
+def test_scan_with_a_missing_watch_dir_is_a_usage_error(config: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["watch_dir"] = str(tmp_path / "gone")
+    config.write_text(yaml.safe_dump(data))
+    result = run_mqi("scan", "--config", str(config))
+    assert result.returncode == 2
+    assert (
+        result.stderr.count("\n") == 1 and "watch_dir" in result.stderr and "does not exist" in result.stderr
+    )
+
+
+def test_cron_log_and_mqi_log_rotate_by_size(config: Path, tmp_path: Path) -> None:
+    from mqi.logs import rotate_file
+
+    log = tmp_path / "state" / "cron.log"
+    log.write_bytes(b"x" * 2000)
+    assert (
+        rotate_file(log, 1000, 2)
+        and not log.exists()
+        and (tmp_path / "state" / "cron.log.1").stat().st_size == 2000
+    )
+    log.write_bytes(b"y" * 2000)
+    assert rotate_file(log, 1000, 2) and (tmp_path / "state" / "cron.log.2").read_bytes() == b"x" * 2000
+    log.write_bytes(b"z" * 10)
+    assert not rotate_file(log, 1000, 2), "a small file stays"
+    with mqi.open(config) as session:
+        session.log("a message from the service")
+    assert "a message from the service" in (tmp_path / "state" / "logs" / "mqi.log").read_text()
