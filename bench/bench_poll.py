@@ -76,6 +76,7 @@ def make_config(env: dict[str, str], kind: str, tmp: Path) -> Config:
         "watch_dir": str(tmp / kind / "incoming"),
         "cluster": cluster,
         "slurm": {"partition": env["MQI_TEST_PARTITION"]},
+        "poll": {"gpu_usage_seconds": 0},  # the job mirror alone; the dashboard's GPU read is apart
     }
     return parse_config(data, f"<bench-poll-{kind}>", base=tmp)
 

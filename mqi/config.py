@@ -253,6 +253,9 @@ class PollConfig(_Model):
     max_interval_seconds: float = Field(
         300, gt=0, description="While nothing changes the wait between cycles grows up to this."
     )
+    gpu_usage_seconds: float = Field(
+        300, ge=0, description="Every this many seconds a cycle also reads the GPUs per partition (0: never)."
+    )
     lost_grace_seconds: float = Field(
         120, ge=0, description="A job missing from squeue and sacct this long is lost and resubmitted."
     )

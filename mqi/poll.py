@@ -82,7 +82,8 @@ class Poller:
         report.jobs_tracked = len(tracked)
         if tracked:
             since = parse_utc(min(submitted or now_iso() for submitted in tracked.values()))
-            asked = _Background(lambda: self.backend.query(tracked, since))
+            gpus = self._gpu_usage_due()
+            asked = _Background(lambda: self.backend.query(tracked, since, gpus=gpus))
             # Read while Slurm answers; only the jobs asked about (another process may
             # have recorded more meanwhile: the next cycle asks about those).
             jobs = [job for job in self.store.active_jobs() if job.job_id in tracked]
@@ -92,6 +93,8 @@ class Poller:
             if self._usable(answer, report):
                 assert answer.records is not None
                 touched = self._mirror(jobs, known, answer, report)
+            if answer.partitions:
+                self.store.record_partitions(answer.partitions)
         waiting_on_slurm = {job.case_id for job in jobs}
         # A case changes only when one of its jobs did, or when nothing in Slurm is left
         # and its results still have to come home (a failed download is retried here).
@@ -103,6 +106,14 @@ class Poller:
         self._settle_cases(settle, report)
         report.active_cases = len(self.store.case_ids(sorted(ACTIVE_CASE_STATUSES)))
         return report
+
+    def _gpu_usage_due(self) -> bool:
+        """The GPUs per partition (for the dashboard) ride along every few minutes, not each cycle."""
+        every = self.config.poll.gpu_usage_seconds
+        if every <= 0:
+            return False
+        newest = max((row["at"] for row in self.store.partitions()), default=None)
+        return newest is None or now_utc() - parse_utc(newest) > timedelta(seconds=every)
 
     def _usable(self, answer: QueryAnswer, report: PollReport) -> bool:
         """Whether Slurm answered; the cycle fails (states unchanged) when it did not."""

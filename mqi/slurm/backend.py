@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from mqi.errors import OperationalError, TransportError
 from mqi.slurm import commands
@@ -18,6 +18,7 @@ from mqi.slurm.parse import (
     JobRecord,
     SlurmOutputError,
     merge_records,
+    parse_gpu_usage,
     parse_sacct,
     parse_squeue,
     parse_submit_output,
@@ -41,6 +42,7 @@ class QueryAnswer:
     error: str | None = None
     accounting_down: bool = False
     warnings: list[str] = field(default_factory=list)
+    partitions: list[dict[str, Any]] | None = None  # GPUs per partition, when asked for
 
 
 class SlurmBackend(Protocol):
@@ -50,7 +52,7 @@ class SlurmBackend(Protocol):
         self, bundle_dir: str, *, only_indices: Iterable[int] | None = None, before: str = ""
     ) -> dict[str, str | None]: ...
 
-    def query(self, job_ids: Iterable[str], since: datetime) -> QueryAnswer: ...
+    def query(self, job_ids: Iterable[str], since: datetime, *, gpus: bool = False) -> QueryAnswer: ...
 
     def case_jobs(self, case_uid: str, since: datetime, *, also: str = "") -> tuple[list[JobRecord], str]: ...
 
@@ -84,14 +86,24 @@ class CliBackend:
         except SlurmOutputError as error:
             raise OperationalError(str(error)) from None
 
-    def query(self, job_ids: Iterable[str], since: datetime) -> QueryAnswer:
-        """sacct and squeue for these jobs in one round trip, merged by job id."""
+    def query(self, job_ids: Iterable[str], since: datetime, *, gpus: bool = False) -> QueryAnswer:
+        """sacct and squeue for these jobs in one round trip, merged by job id (``gpus``: and
+        the GPUs per partition, in the same round trip)."""
         command, count = commands.poll_query_command(job_ids, since)
+        if gpus:
+            command, count = commands.with_gpu_usage(command), count + 1
         try:
             result = self.transport.run(command, timeout=120)
         except TransportError as error:
             return QueryAnswer(None, count, error=f"cluster unreachable: {error}")
-        return read_query_answer(result, count)
+        partitions = None
+        if gpus:
+            stdout, _, usage = result.stdout.rpartition(commands.SECTION + "\n")
+            result = CommandResult(result.command, result.returncode, stdout, result.stderr)
+            partitions = parse_gpu_usage(usage) or None
+        answer = read_query_answer(result, count)
+        answer.partitions = partitions
+        return answer
 
     def case_jobs(self, case_uid: str, since: datetime, *, also: str = "") -> tuple[list[JobRecord], str]:
         """A case's jobs by name (squeue and sacct), and the output of ``also`` run in the

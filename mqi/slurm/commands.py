@@ -128,6 +128,16 @@ def poll_query_command(job_ids: Iterable[str], since: datetime) -> tuple[str, in
     return command, 2 + len(rest)
 
 
+def gpu_usage_command() -> str:
+    """GPUs of each node in each partition, configured and in use (for the dashboard's queue)."""
+    return f"{_UTC_ENV}sinfo -h -N -O NodeHost:80,Partition:80,Gres:200,GresUsed:200"
+
+
+def with_gpu_usage(command: str) -> str:
+    """``command`` (its exit code kept), then a SECTION line and the GPU usage, in one round trip."""
+    return f"{{ {command}; }}; rc=$?; echo {SECTION}; {gpu_usage_command()} 2>/dev/null; exit $rc"
+
+
 def case_jobs_command(case_uid: str, since: datetime) -> str:
     """A case's jobs by name: squeue, a separator, sacct (one round trip, for adoption)."""
     return f"{squeue_command()}; echo {SECTION}; {sacct_by_names_command(case_uid, since)} 2>/dev/null"

@@ -247,3 +247,35 @@ def parse_partition(text: str) -> PartitionInfo | None:
         gpus_per_node=gpus,
         nodes=sum(int(row[3]) for row in rows if row[3].isdigit()),
     )
+
+
+_GPU_ITEM = re.compile(r"^gpu(?::[^:(]+)*:(\d+)")
+
+
+def _gpus(gres: str) -> int:
+    """``gpu:4``, ``gpu:a100:2(S:0-1)``, ``gpu:2(IDX:0-1),shard:0`` -> the number of GPUs."""
+    total = 0
+    for item in re.split(r",(?![^(]*\))", gres):
+        match = _GPU_ITEM.match(item.strip())
+        if match:
+            total += int(match.group(1))
+    return total
+
+
+def parse_gpu_usage(text: str) -> list[dict[str, Any]]:
+    """``sinfo -h -N -O NodeHost,Partition,Gres,GresUsed`` -> ``{partition, gpus_total,
+    gpus_used}`` per partition (each node counted once per partition)."""
+    seen: set[tuple[str, str]] = set()
+    totals: dict[str, list[int]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        node, partition, gres, used = parts[0], parts[1].rstrip("*"), parts[2], parts[3]
+        if (node, partition) in seen:
+            continue
+        seen.add((node, partition))
+        entry = totals.setdefault(partition, [0, 0])
+        entry[0] += _gpus(gres)
+        entry[1] += _gpus(used)
+    return [{"partition": name, "gpus_total": t, "gpus_used": u} for name, (t, u) in sorted(totals.items())]

@@ -181,3 +181,16 @@ def test_array_specs_and_the_recorded_array_state() -> None:
     assert slurm.parse_array_spec("0-3,5%2") == [0, 1, 2, 3, 5]
     assert slurm.parse_array_spec("7") == [7]
     assert slurm.array_state(["RUNNING", "COMPLETED", "COMPLETED"]) == "COMPLETED:2,RUNNING:1"
+
+
+def test_gpu_usage_per_partition_counts_each_node_once() -> None:
+    text = (
+        "n1                  gpu*          gpu:a100:4(S:0-1),shard:8     gpu:a100:2(IDX:0-1),shard:0\n"
+        "n1                  gpu*          gpu:a100:4(S:0-1),shard:8     gpu:a100:2(IDX:0-1),shard:0\n"
+        "n2                  gpu           gpu:4                          gpu:0\n"
+        "n3                  cpu           (null)                         (null)\n"
+    )
+    assert slurm.parse_gpu_usage(text) == [
+        {"partition": "cpu", "gpus_total": 0, "gpus_used": 0},
+        {"partition": "gpu", "gpus_total": 8, "gpus_used": 2},
+    ]
