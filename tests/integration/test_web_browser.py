@@ -211,6 +211,19 @@ def test_dashboard_on_real_runs(
         assert driver.find_element(By.ID, "case-status").text == "completed"
         assert "mqi retry of beam(s) 2" in driver.find_element(By.CSS_SELECTOR, "table.events").text
         shot("case-completed-after-retry")
+        # The QA answer of the delivered case: its verdict, figures and the report inline.
+        verdict = driver.find_element(By.ID, "qa-verdict").text
+        assert verdict in ("pass", "review", "fail", "not-compared")
+        if verdict != "not-compared":
+            assert driver.find_elements(By.ID, "report-link") and driver.find_elements(
+                By.CSS_SELECTOR, "object.report"
+            )
+            assert driver.find_elements(By.CSS_SELECTOR, "table.qa-figures tbody tr")
+        driver.get(f"{base}/cases")
+        good_row = driver.find_element(By.CSS_SELECTOR, f"tr[data-case-id='{good['case_id']}']")
+        assert good_row.find_elements(By.CSS_SELECTOR, ".pill[class*='qa-']"), "the list shows the QA verdict"
+        shot("cases-with-qa")
+        driver.get(f"{base}/cases/{bad['case_id']}")
 
         # Downloads: one file and the zip of all results, byte for byte.
         driver.get(f"{base}/cases/{good['case_id']}")
