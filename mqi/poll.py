@@ -349,15 +349,23 @@ class Poller:
     ) -> None:
         completed = summary.plan_status == "completed" and not missing
         with self.store.transaction():
+            reasons: dict[int, str] = {}
             for beam in summary.beams:
-                if self.store.get_beam(case_id, beam.number) is None:
+                stored = self.store.get_beam(case_id, beam.number)
+                if stored is None:
                     continue
                 lost = beam.file in missing if beam.file else False
+                why = (
+                    "its dose file was missing on the cluster" if lost else _beam_reason(beam.reason, stored)
+                )
+                ok = beam.status == "completed" and not lost
+                if not ok:
+                    reasons[beam.number] = why or "failed"
                 self.store.update_beam(
                     case_id,
                     beam.number,
-                    status="completed" if beam.status == "completed" and not lost else "failed",
-                    reason="its dose file was missing on the cluster" if lost else beam.reason,
+                    status="completed" if ok else "failed",
+                    reason=why,
                     exit_code=beam.exit_code,
                     dose_file=str(target / beam.file) if beam.file and not lost else None,
                 )
@@ -369,7 +377,10 @@ class Poller:
             else:
                 failed = [str(b.number) for b in summary.failed_beams()]
                 reason = f"beam(s) {', '.join(failed)} failed" if failed else "the plan sum was not written"
-                error = summary.failure_text()
+                error = (
+                    "; ".join(f"beam {n}: {why}" for n, why in sorted(reasons.items()))
+                    or summary.failure_text()
+                )
             self.store.update_case(
                 case_id,
                 status="completed" if completed else "failed",
@@ -478,6 +489,18 @@ def _mirror_tasks(
         if record.exit_code is not None:
             fields["exit_code"] = record.exit_code
         changes.beam(beam, fields)
+
+
+# Slurm ended these tasks itself: its reason (time limit, memory, node) says more than the
+# post job's "no exit code".
+_SLURM_ENDED = frozenset({"TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
+
+
+def _beam_reason(post_reason: str | None, stored: Beam) -> str | None:
+    state = (stored.slurm_state or "").split()[0]
+    if state in _SLURM_ENDED and stored.reason:
+        return stored.reason
+    return post_reason
 
 
 def _qa_line(qa: dict[str, Any]) -> str:

@@ -102,7 +102,8 @@ def test_a_node_that_goes_down_mid_run_settles_the_case(
             ["scontrol", "update", f"nodename={node}", "state=down", "reason=mqi-test"], check=True
         )
         time.sleep(3)
-        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
+        # ReturnToService may have brought it back already; resume only what is still down.
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
         poll_until_settled(config, timeout=400)
         case = status_of(config, outcome["case_id"])
     finally:
