@@ -361,6 +361,7 @@ class Session:
         """`mqi report`: the comparison recomputed here from the delivered doses and the case
         folder's TPS dose, written beside the post job's (qa.<time>.json, report.<time>.pdf);
         on the workstation the signing page carries the plan label and PatientID."""
+        from mqi.bundle import qa_line
         from mqi.intake import IntakeOptions, read_case
         from mqi.qa.case import recompute_case_qa
 
@@ -388,7 +389,8 @@ class Session:
             plan_file=intake.case.plan.path,
             structure_file=structures.path if structures else None,
         )
-        self.store.add_event(case_id, "case", case_id, "qa", None, result.verdict, _qa_reason(result))
+        line = qa_line(result.first_criterion, result.first_pass_rate, result.reasons)
+        self.store.add_event(case_id, "case", case_id, "qa", None, result.verdict, line)
         return {
             "schema": "mqi.report/1",
             "case_id": case_id,
@@ -604,15 +606,6 @@ def _criteria(texts: list[str] | None) -> Any:
         return [criterion_config(text) for text in texts]
     except ValueError as error:
         raise UsageError(f"--criteria: {error} (write e.g. 3%/3mm/10% or 2%/2mm/10%>=90)") from None
-
-
-def _qa_reason(result: Any) -> str:
-    """The QA event's reason: the first criterion's pass rate, then why, in one line."""
-    parts = []
-    if result.first_pass_rate is not None:
-        parts.append(f"{result.first_criterion} {result.first_pass_rate:.1f}%")
-    parts += list(result.reasons[:2])
-    return "; ".join(parts)
 
 
 class _RecordedPoller:

@@ -181,3 +181,10 @@ def parse_summary(text: str) -> Summary:
 def summary_json(summary: Summary) -> str:
     """Strict JSON: a value that is not a finite number is written as null."""
     return json.dumps(json_safe(summary.model_dump(mode="json")), indent=2, allow_nan=False) + "\n"
+
+
+def qa_line(first_criterion: str | None, first_pass_rate: float | None, reasons: list[str]) -> str:
+    """A QA verdict's one line (the reason of its event): the first criterion's pass rate,
+    then the first two reasons."""
+    parts = [] if first_pass_rate is None else [f"{first_criterion} {float(first_pass_rate):.1f}%"]
+    return "; ".join(parts + [str(reason) for reason in reasons[:2]])

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from mqi import slurm
-from mqi.bundle import RESULTS_DIR, SUMMARY_NAME, Summary, SummaryError, parse_summary
+from mqi.bundle import RESULTS_DIR, SUMMARY_NAME, Summary, SummaryError, parse_summary, qa_line
 from mqi.chain import mark_cancelled, record_chain, submit_chain
 from mqi.clock import now_iso, now_utc, parse_utc
 from mqi.config import Config
@@ -391,7 +391,17 @@ class Poller:
             )
             if summary.qa and summary.qa.get("verdict"):
                 self.store.add_event(
-                    case_id, "case", case_id, "qa", None, summary.qa["verdict"], _qa_line(summary.qa)
+                    case_id,
+                    "case",
+                    case_id,
+                    "qa",
+                    None,
+                    summary.qa["verdict"],
+                    qa_line(
+                        summary.qa.get("first_criterion"),
+                        summary.qa.get("first_pass_rate"),
+                        summary.qa.get("reasons") or [],
+                    ),
                 )
         report.changes += 1
         report.delivered.append(case_id)
@@ -501,15 +511,6 @@ def _beam_reason(post_reason: str | None, stored: Beam) -> str | None:
     if state in _SLURM_ENDED and stored.reason:
         return stored.reason
     return post_reason
-
-
-def _qa_line(qa: dict[str, Any]) -> str:
-    """The QA event's reason: the first criterion's pass rate, then why, in one line."""
-    parts = []
-    if qa.get("first_pass_rate") is not None:
-        parts.append(f"{qa.get('first_criterion')} {float(qa['first_pass_rate']):.1f}%")
-    parts += [str(reason) for reason in (qa.get("reasons") or [])[:2]]
-    return "; ".join(parts)
 
 
 def _as_tasks(records: list[JobRecord], indices: str | None) -> list[JobRecord]:
