@@ -49,10 +49,10 @@ def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def fill(store: Store) -> None:
+def fill(store: Store, cases: int = CASES) -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     with store.transaction():
-        for n in range(CASES):
+        for n in range(cases):
             case_id = f"Bench_{n:05d}_{n * 2654435761 % 2**32:08x}"
             roll = n % 20
             status = (

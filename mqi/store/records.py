@@ -6,8 +6,15 @@ import functools
 import json
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
+
+
+def as_dict(record: Any) -> dict[str, Any]:
+    """A record's fields as a dict, values shared (``dataclasses.asdict`` copies every value
+    deeply: a third of ``mqi status`` over 1,000 cases went there)."""
+    return {item.name: getattr(record, item.name) for item in fields(record)}
+
 
 CASE_STATUSES: tuple[str, ...] = (
     "new",
@@ -52,7 +59,7 @@ class Case:
     attempts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_dict(self)
 
 
 @dataclass
@@ -73,7 +80,7 @@ class Beam:
     updated_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_dict(self)
 
 
 @dataclass
@@ -91,7 +98,7 @@ class Job:
     generation: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_dict(self)
 
 
 @dataclass
@@ -107,7 +114,7 @@ class Event:
     reason: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_dict(self)
 
 
 _T = TypeVar("_T")
