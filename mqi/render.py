@@ -35,9 +35,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -694,14 +694,12 @@ def render_bundle(
     _check_target(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     sweep_stale_staging(out_dir.parent)
+    # The name is chosen before the folder exists, so that a signal arriving just after
+    # the mkdir still finds the folder inside the try that removes it.
+    staging = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}{STAGING_SUFFIX}"
     with _terminate_cleanly():
-        staging = Path(
-            tempfile.mkdtemp(
-                prefix=f".{out_dir.name}.{os.getpid()}.", suffix=STAGING_SUFFIX, dir=out_dir.parent
-            )
-        )
         try:
-            staging.chmod(DIR_MODE)
+            staging.mkdir(mode=DIR_MODE)
             manifest, logs = _fill(staging, case, config, engine, scripts)
             _publish(staging, out_dir)
         finally:
