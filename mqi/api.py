@@ -63,6 +63,7 @@ class Session:
         self._rotate_cron_log()
         self._store: Store | None = None
         self._transport: Transport | None = None
+        self._backend: SlurmBackend | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def _also_to_file(self, log: Log) -> Log:
@@ -94,6 +95,7 @@ class Session:
         self.close()
 
     def close(self) -> None:
+        self._backend = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -119,9 +121,11 @@ class Session:
 
     @property
     def backend(self) -> SlurmBackend:
-        from mqi.slurm.backend import CliBackend
+        if self._backend is None:
+            from mqi.slurm.backend import open_backend
 
-        return CliBackend(self.transport)
+            self._backend = open_backend(self.config.slurm.backend, self.transport)
+        return self._backend
 
     # -- cases in ---------------------------------------------------------------------
     def check(self, case_dir: str | Path, *, plan: str | None = None) -> IntakeResult:

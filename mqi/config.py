@@ -132,6 +132,15 @@ def _default_priorities() -> dict[str, Priority]:
 class SlurmConfig(_Model):
     """What every job asks Slurm for."""
 
+    backend: Literal["cli", "pyslurm"] = Field(
+        "cli",
+        description=(
+            "How mqi talks to Slurm. cli: its commands (sbatch, squeue, sacct...), locally or over SSH. "
+            "pyslurm: direct calls to slurmctld and slurmdbd from this machine "
+            "(`pip install 'mqi[pyslurm]'`, built for this cluster's Slurm version); "
+            "only with cluster.transport: local."
+        ),
+    )
     partition: str = Field("gpu", description="Partition of the simulation (GPU) jobs.")
     cpu_partition: str | None = Field(
         None, description="Partition of the prepare and post jobs, which need no GPU (None: `partition`)."
@@ -394,6 +403,15 @@ class Config(_Model):
     qa: QAConfig = Field(default_factory=QAConfig)
 
     source: Path | None = Field(None, exclude=True, description="The file this was loaded from.")
+
+    @model_validator(mode="after")
+    def _pyslurm_is_local(self) -> Config:
+        if self.slurm.backend == "pyslurm" and self.cluster.transport != "local":
+            raise ValueError(
+                "slurm.backend: pyslurm calls slurmctld from this machine: it needs cluster.transport: local "
+                "(use backend: cli over SSH)"
+            )
+        return self
 
     @property
     def db_path(self) -> Path:

@@ -24,7 +24,7 @@ from mqi.errors import OperationalError, one_line
 from mqi.locks import file_lock
 from mqi.results import deliver_results
 from mqi.slurm import JobRecord, Phase
-from mqi.slurm.backend import CliBackend, QueryAnswer, SlurmBackend
+from mqi.slurm.backend import QueryAnswer, SlurmBackend, open_backend
 from mqi.store import ACTIVE_CASE_STATUSES, TERMINAL_BEAM_STATUSES, Beam, Case, Job, Store
 from mqi.transport import RemoteFiles, Transport
 
@@ -64,7 +64,7 @@ class Poller:
         self.config = config
         self.store = store
         self.transport = transport
-        self.backend: SlurmBackend = CliBackend(transport)
+        self.backend: SlurmBackend = open_backend(config.slurm.backend, transport)
         self.files = RemoteFiles(transport)
         self.log = log
 

@@ -35,7 +35,7 @@ from mqi.intake.model import Problem
 from mqi.locks import case_lock_path, file_lock
 from mqi.render import RenderedBundle, RenderError, render_bundle
 from mqi.retrying import with_retries
-from mqi.slurm.backend import CliBackend, SlurmBackend
+from mqi.slurm.backend import SlurmBackend, open_backend
 from mqi.store import Case as StoredCase
 from mqi.store import Store
 from mqi.transport import RemoteFiles, TransferStats, Transport
@@ -109,7 +109,7 @@ class Submitter:
         self.config = config
         self.store = store
         self.transport = transport
-        self.backend: SlurmBackend = CliBackend(transport)
+        self.backend: SlurmBackend = open_backend(config.slurm.backend, transport)
         self.files = RemoteFiles(transport)
         self.log = log
         self.progress = progress

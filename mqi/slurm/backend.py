@@ -1,5 +1,7 @@
 """The backends that run Slurm for mqi. The command-line backend runs the strings of
-:mod:`mqi.slurm.commands` through a transport (local or SSH) and parses the answers.
+:mod:`mqi.slurm.commands` through a transport (local or SSH) and parses the answers; the
+pyslurm backend (:mod:`mqi.slurm.pyslurm_backend`, in-cluster) calls slurmctld and
+slurmdbd directly. ``open_backend`` builds the one ``slurm.backend`` names.
 
 Every method is one round trip. A backend never writes the store: it answers with
 records, and the orchestration decides what they mean.
@@ -68,6 +70,7 @@ class CliBackend:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+        self.description = f"cli (Slurm's commands, {getattr(transport, 'description', 'local')})"
 
     def submit_chain(
         self, bundle_dir: str, *, only_indices: Iterable[int] | None = None, before: str = ""
@@ -142,6 +145,21 @@ class CliBackend:
         result = self.transport.run(commands.scontrol_top_command(job_ids), timeout=60)
         if not result.ok:
             raise OperationalError(f"scontrol top refused: {result.first_error_line()}")
+
+
+def open_backend(kind: str, transport: Transport) -> SlurmBackend:
+    """The backend ``slurm.backend`` names: ``cli`` (the commands through ``transport``) or
+    ``pyslurm`` (in-cluster, local transport only; refuses with one line when it cannot run)."""
+    if kind == "pyslurm":
+        from mqi.slurm.pyslurm_backend import PyslurmBackend  # imports pyslurm: only when chosen
+
+        return PyslurmBackend(transport)
+    return CliBackend(transport)
+
+
+def backend_description(backend: SlurmBackend) -> str:
+    """Which backend, and its version where it has one (for `mqi doctor`)."""
+    return str(getattr(backend, "description", "cli (Slurm's commands)"))
 
 
 def read_query_answer(result: CommandResult, count: int) -> QueryAnswer:
