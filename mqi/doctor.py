@@ -9,6 +9,7 @@ from mqi import slurm
 from mqi.config import Config
 from mqi.errors import MqiError
 from mqi.shell import join_words, quote, split_words
+from mqi.slurm.backend import backend_description, open_backend
 from mqi.transport import Transport
 
 
@@ -84,6 +85,7 @@ def run_checks(config: Config, transport: Transport, *, job: bool = False) -> li
         lambda _: "slurmdbd answers",
         "mqi needs Slurm accounting (slurmdbd) to follow finished jobs; ask the cluster admins",
     )
+    checks.append(_backend_check(config, transport))
     checks.append(_partition_check(config, transport))
     engine = _first_word(config.moqui.command)
     # The jobs run the prologue first (e.g. "module load ..."), so the check does too.
@@ -143,6 +145,15 @@ def dicom_checks(config: Config) -> list[Check]:
         answered, said = echo(peer, calling_ae=dicom.ae_title, timeout=dicom.timeout_seconds)
         checks.append(Check(f"dicom destination {peer.label()}", answered, said))
     return checks
+
+
+def _backend_check(config: Config, transport: Transport) -> Check:
+    """Which backend talks to Slurm (slurm.backend), and its version where it has one."""
+    try:
+        backend = open_backend(config.slurm.backend, transport)
+    except MqiError as err:
+        return Check("slurm backend", False, str(err))
+    return Check("slurm backend", True, backend_description(backend))
 
 
 def _partition_check(config: Config, transport: Transport) -> Check:

@@ -440,8 +440,8 @@ class PyslurmBackend:
         """Run ``before`` (e.g. publishing the upload), then submit the chain as the bundle's
         submit.sh would: prepare -> simulate array (afterok) -> post (afterany); on a refusal,
         cancel what was submitted. Its job ids."""
-        if before:
-            result = self.transport.run(before, timeout=300)
+        if before:  # shell commands that end in "&& ", as the command line prefixes submit.sh
+            result = self.transport.run(f"{before}true", timeout=300)
             if not result.ok:
                 raise OperationalError(f"cannot prepare the submission: {result.first_error_line()}")
         self._check_version()
