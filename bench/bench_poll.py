@@ -24,6 +24,10 @@ are taken from PollReport.slurm_commands and counted again in the commands the t
 was given. Medians of 9 (after one warm-up); a repetition during which Slurm or sshd did
 not answer (tests elsewhere restart them) is discarded and repeated. Every job is
 scancelled at the end.
+
+On the Slurm 25.11 flavour with pyslurm installed (``MQI_SLURM=25.11 scripts/dev-cluster.sh
+pyslurm``), a pyslurm column follows: the local transport's jobs and store polled with
+``slurm.backend: pyslurm``, its steady cycle at most 0.5x the command line's in the same run.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from mqi.errors import TransportError
 from mqi.poll import Poller, PollReport
 from mqi.slurm.backend import read_query_answer
 from mqi.store import Job, Store, parse_utc
-from mqi.transport import CommandResult, LocalTransport, SSHTransport, TransferStats, Transport
+from mqi.transport import CommandResult, LocalTransport, TransferStats, Transport
+from mqi.transport.ssh import SSHTransport
 
 CASES = 434  # x 3 jobs = 1,302 tracked jobs; 1,002 once 300 have finished
 BEAMS = 2  # simulate array tasks per case
@@ -516,6 +521,111 @@ def report_transport(kind: str, description: str, result: dict) -> bool:
     return ok and finished == [expected]
 
 
+# -- the pyslurm column (Slurm 25.11, transport local) ----------------------------------
+# The same tracked jobs and store snapshot as the local transport's, polled with
+# slurm.backend: pyslurm. Target: its steady cycle at most PYSLURM_TARGET x the command
+# line's (local transport) in the same run.
+
+PYSLURM_TARGET = 0.5
+
+
+def pyslurm_config(env: dict[str, str], tmp: Path) -> Config | None:
+    """The local transport's config with slurm.backend: pyslurm; None (and why) when pyslurm
+    cannot run here (another Slurm than 25.11, or pyslurm not installed)."""
+    from mqi.errors import MqiError
+    from mqi.slurm.backend import open_backend
+
+    config = make_config(env, "local", tmp)
+    config = config.model_copy(update={"slurm": config.slurm.model_copy(update={"backend": "pyslurm"})})
+    try:
+        backend = open_backend("pyslurm", LocalTransport())
+    except MqiError as error:
+        print(f"no pyslurm column: {error}")
+        return None
+    print(f"pyslurm column: {getattr(backend, 'description', 'pyslurm')}")
+    return config
+
+
+def pyslurm_rep(
+    config: Config, transport: CountingTransport, db: Path
+) -> tuple[Cycle, Cycle, float, str | None]:
+    """The burst and the steady cycle with the pyslurm backend, and its query alone (steady)."""
+    cycle, store = timed_cycle(config, db, transport)
+    try:
+        remaining = store.active_jobs()
+        since = parse_utc(store.oldest_active_submit_time() or now_utc().isoformat())
+        poller = Poller(config, store, transport)
+        start = time.perf_counter()
+        answer = poller.backend.query([job.job_id for job in remaining], since)
+        query_s = time.perf_counter() - start
+        transport.commands.clear()
+        start = time.perf_counter()
+        report = Poller(config, store, transport).poll_once()
+        again = Cycle(time.perf_counter() - start, report, list(transport.commands))
+    finally:
+        store.close()
+    problems = [str(c.report.errors or c.report.failed or c.report.resubmitted or "") for c in (cycle, again)]
+    problems.append(answer.error or "")
+    return cycle, again, query_s, next((p for p in problems if p), None)
+
+
+def measure_pyslurm(config: Config, transport: CountingTransport, snapshot: Path, tmp: Path) -> dict:
+    first: list[Cycle] = []
+    steady: list[Cycle] = []
+    queries: list[float] = []
+    discarded = rep = 0
+    while len(steady) < REPS:
+        db = tmp / f"pyslurm-cycle{rep}.db"
+        copy_db(snapshot, db)
+        try:
+            burst, again, query_s, problem = pyslurm_rep(config, transport, db)
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        if problem:
+            discarded += 1
+            if discarded > 2 * REPS:
+                raise SystemExit(f"pyslurm: Slurm did not answer in {discarded} repetitions")
+            print(f"  pyslurm: repetition {rep} discarded, the cluster did not answer: {problem[:160]}")
+            time.sleep(3)
+        elif rep > 0:  # repetition 0 warms caches and is not counted
+            first.append(burst)
+            steady.append(again)
+            queries.append(query_s)
+        rep += 1
+    return {"first": first, "steady": steady, "query": queries, "discarded": discarded}
+
+
+def report_pyslurm(result: dict, cli: dict) -> bool:
+    """The pyslurm column beside the command line's (local transport), same jobs, same run."""
+    print("pyslurm backend (transport local, the local transport's jobs and store):")
+    ok = True
+    for name, key in (("burst cycle ", "first"), ("steady cycle", "steady")):
+        cycles: list[Cycle] = result[key]
+        seconds = med([c.seconds for c in cycles])
+        cli_seconds = med([c.seconds for c in cli[key]])
+        ratio = seconds / cli_seconds
+        calls = sorted({c.report.slurm_commands for c in cycles})
+        processes = sorted({count_slurm_commands(c.commands) for c in cycles})
+        gated = key == "steady"
+        verdict = ("ok" if ratio <= PYSLURM_TARGET else "ABOVE TARGET") if gated else "reported, not gated"
+        print(
+            f"  {name}: {cycles[0].report.jobs_tracked} tracked jobs: median {ms(seconds)}"
+            f"  command line {ms(cli_seconds)}  ratio {ratio:5.2f} (target <= {PYSLURM_TARGET}: {verdict})"
+        )
+        print(f"      calls to slurmctld/slurmdbd per cycle {calls}; Slurm processes started {processes}")
+        ok = ok and (ratio <= PYSLURM_TARGET or not gated)
+    steady_s = med([c.seconds for c in result["steady"]])
+    query_s = med(result["query"])
+    print(f"  steady cycle: the backend's query alone (Jobs.load, + slurmdbd when needed) {ms(query_s)}")
+    print(
+        f"      the rest: matching, SQLite reads (by difference)                     {ms(steady_s - query_s)}"
+    )
+    if result["discarded"]:
+        print(f"  ({result['discarded']} repetition(s) discarded: Slurm did not answer during them)")
+    return ok
+
+
 def main() -> int:
     env = cluster_env()
     partition = env["MQI_TEST_PARTITION"]
@@ -552,9 +662,14 @@ def main() -> int:
                 snapshot = tmp / f"{kind}-snapshot.db"
                 copy_db(config.db_path, snapshot)
                 results[kind] = measure(kind, config, transport, snapshot, tmp)
+            with_pyslurm = pyslurm_config(env, tmp)
+            if with_pyslurm is not None:
+                pyslurm_result = measure_pyslurm(with_pyslurm, kinds["local"], tmp / "local-snapshot.db", tmp)
             print(f"poll cycle, {REPS} repetitions per transport, median:")
             for kind, transport in kinds.items():
                 ok = report_transport(kind, transport.description, results[kind]) and ok
+            if with_pyslurm is not None:
+                ok = report_pyslurm(pyslurm_result, results["local"]) and ok
     finally:
         for kind, transport in kinds.items():
             try:

@@ -28,13 +28,13 @@ import contextlib
 import os
 import pwd
 import re
-import shlex
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from mqi.errors import OperationalError, TransportError, UsageError
+from mqi.shell import split_words
 from mqi.slurm import commands
 from mqi.slurm.backend import QueryAnswer
 from mqi.slurm.names import STEPS, id_sort_key, job_name, parent_id
@@ -270,7 +270,10 @@ def submit_words(submit_sh: str) -> dict[str, list[str]]:
     """The sbatch words of a rendered submit.sh, by step (``simulate_only``: the retry line)."""
     found: dict[str, list[str]] = {}
     for step, line in _SUBMIT_LINE.findall(submit_sh):
-        words = shlex.split(line)
+        try:
+            words = split_words(line)
+        except ValueError as error:
+            raise SubmitPlanError(f"jobs/submit.sh line {line[:80]!r}: {error}") from None
         key = "simulate_only" if step == "simulate" and any(w.startswith("--array=") for w in words) else step
         found.setdefault(key, words)
     missing = [key for key in (*STEPS, "simulate_only") if key not in found]
@@ -287,7 +290,10 @@ def script_options(script: str) -> list[str]:
     for line in script.splitlines()[1:]:
         stripped = line.strip()
         if stripped.startswith("#SBATCH"):
-            options += shlex.split(stripped[len("#SBATCH") :], comments=True)
+            try:
+                options += split_words(stripped[len("#SBATCH") :], comments=True)
+            except ValueError as error:
+                raise SubmitPlanError(f"job script line {stripped[:80]!r}: {error}") from None
         elif stripped and not stripped.startswith("#"):
             break
     return options
