@@ -354,9 +354,17 @@ def job_description(words: Iterable[str], variables: dict[str, str]) -> dict[str
             raise SubmitPlanError(
                 f"sbatch option --{option} is not one the pyslurm backend passes on: use slurm.backend: cli"
             )
+        unknown = [
+            name for pair in _VARIABLE.findall(value) for name in pair if name and name not in variables
+        ]
+        if unknown:
+            raise SubmitPlanError(f"sbatch option {word!r} uses ${unknown[0]}, which only a shell knows")
         value = _VARIABLE.sub(lambda match: variables[match.group(1) or match.group(2)], value)
         attribute, read = _OPTIONS[option]
-        description[attribute] = read(value)
+        try:
+            description[attribute] = read(value)
+        except ValueError:
+            raise SubmitPlanError(f"sbatch option {word!r}: {value!r} is not a number") from None
     return description
 
 

@@ -156,6 +156,8 @@ def test_submit_plan_is_what_submit_sh_runs(scripts: dict[str, str]) -> None:
 def test_an_option_it_cannot_pass_refuses_the_submission() -> None:
     with pytest.raises(SubmitPlanError, match="--gpu-freq"):
         job_description(["--gpu-freq=high"], {})
+    with pytest.raises(SubmitPlanError, match=r"\$HOME"):
+        job_description(["--chdir=$HOME"], {"root": "/b"})
     assert job_description(["--constraint=a100", "--parsable"], {}) == {"constraints": "a100"}
 
 
