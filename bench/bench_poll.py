@@ -27,7 +27,8 @@ scancelled at the end.
 
 On the Slurm 25.11 flavour with pyslurm installed (``MQI_SLURM=25.11 scripts/dev-cluster.sh
 pyslurm``), a pyslurm column follows: the local transport's jobs and store polled with
-``slurm.backend: pyslurm``, its steady cycle at most 0.5x the command line's in the same run.
+``slurm.backend: pyslurm`` and, in the same repetitions, with the command line (alternating
+which goes first); target: pyslurm's steady cycle at most 0.5x the command line's.
 """
 
 from __future__ import annotations
@@ -523,8 +524,8 @@ def report_transport(kind: str, description: str, result: dict) -> bool:
 
 # -- the pyslurm column (Slurm 25.11, transport local) ----------------------------------
 # The same tracked jobs and store snapshot as the local transport's, polled with
-# slurm.backend: pyslurm. Target: its steady cycle at most PYSLURM_TARGET x the command
-# line's (local transport) in the same run.
+# slurm.backend: pyslurm and with the command line in the same repetitions. Target: its
+# steady cycle at most PYSLURM_TARGET x the command line's.
 
 PYSLURM_TARGET = 0.5
 
@@ -546,10 +547,11 @@ def pyslurm_config(env: dict[str, str], tmp: Path) -> Config | None:
     return config
 
 
-def pyslurm_rep(
+def cycles_and_query(
     config: Config, transport: CountingTransport, db: Path
 ) -> tuple[Cycle, Cycle, float, str | None]:
-    """The burst and the steady cycle with the pyslurm backend, and its query alone (steady)."""
+    """The burst and the steady cycle with ``config``'s backend, and its query alone before the
+    steady cycle; the first problem seen (Slurm not answering), else None."""
     cycle, store = timed_cycle(config, db, transport)
     try:
         remaining = store.active_jobs()
@@ -569,19 +571,27 @@ def pyslurm_rep(
     return cycle, again, query_s, next((p for p in problems if p), None)
 
 
-def measure_pyslurm(config: Config, transport: CountingTransport, snapshot: Path, tmp: Path) -> dict:
-    first: list[Cycle] = []
-    steady: list[Cycle] = []
-    queries: list[float] = []
+def measure_pyslurm(
+    cli_config: Config, config: Config, transport: CountingTransport, snapshot: Path, tmp: Path
+) -> dict:
+    """Repetitions that run the command line's cycles and pyslurm's on copies of the same
+    snapshot back to back (in alternating order), so that both see the same load."""
+    results: dict[str, dict[str, list]] = {
+        name: {"first": [], "steady": [], "query": []} for name in ("cli", "pyslurm")
+    }
     discarded = rep = 0
-    while len(steady) < REPS:
-        db = tmp / f"pyslurm-cycle{rep}.db"
-        copy_db(snapshot, db)
-        try:
-            burst, again, query_s, problem = pyslurm_rep(config, transport, db)
-        finally:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
+    while len(results["pyslurm"]["steady"]) < REPS:
+        order = [("cli", cli_config), ("pyslurm", config)]
+        measured = {}
+        for name, use in order if rep % 2 else reversed(order):
+            db = tmp / f"pair-{name}-{rep}.db"
+            copy_db(snapshot, db)
+            try:
+                measured[name] = cycles_and_query(use, transport, db)
+            finally:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{db}{suffix}").unlink(missing_ok=True)
+        problem = next((m[3] for m in measured.values() if m[3]), None)
         if problem:
             discarded += 1
             if discarded > 2 * REPS:
@@ -589,19 +599,22 @@ def measure_pyslurm(config: Config, transport: CountingTransport, snapshot: Path
             print(f"  pyslurm: repetition {rep} discarded, the cluster did not answer: {problem[:160]}")
             time.sleep(3)
         elif rep > 0:  # repetition 0 warms caches and is not counted
-            first.append(burst)
-            steady.append(again)
-            queries.append(query_s)
+            for name, (burst, again, query_s, _) in measured.items():
+                results[name]["first"].append(burst)
+                results[name]["steady"].append(again)
+                results[name]["query"].append(query_s)
         rep += 1
-    return {"first": first, "steady": steady, "query": queries, "discarded": discarded}
+    return {**results, "discarded": discarded}
 
 
-def report_pyslurm(result: dict, cli: dict) -> bool:
-    """The pyslurm column beside the command line's (local transport), same jobs, same run."""
-    print("pyslurm backend (transport local, the local transport's jobs and store):")
+def report_pyslurm(result: dict) -> bool:
+    """The pyslurm column beside the command line's, measured in the same repetitions."""
+    print("pyslurm backend against the command line, transport local, the local transport's jobs and store,")
+    print("  both in each repetition (alternating which goes first):")
     ok = True
+    py, cli = result["pyslurm"], result["cli"]
     for name, key in (("burst cycle ", "first"), ("steady cycle", "steady")):
-        cycles: list[Cycle] = result[key]
+        cycles: list[Cycle] = py[key]
         seconds = med([c.seconds for c in cycles])
         cli_seconds = med([c.seconds for c in cli[key]])
         ratio = seconds / cli_seconds
@@ -610,17 +623,18 @@ def report_pyslurm(result: dict, cli: dict) -> bool:
         gated = key == "steady"
         verdict = ("ok" if ratio <= PYSLURM_TARGET else "ABOVE TARGET") if gated else "reported, not gated"
         print(
-            f"  {name}: {cycles[0].report.jobs_tracked} tracked jobs: median {ms(seconds)}"
+            f"  {name}: {cycles[0].report.jobs_tracked} tracked jobs: pyslurm {ms(seconds)}"
             f"  command line {ms(cli_seconds)}  ratio {ratio:5.2f} (target <= {PYSLURM_TARGET}: {verdict})"
         )
-        print(f"      calls to slurmctld/slurmdbd per cycle {calls}; Slurm processes started {processes}")
+        print(f"      pyslurm: calls to slurmctld/slurmdbd per cycle {calls}; Slurm processes {processes}")
         ok = ok and (ratio <= PYSLURM_TARGET or not gated)
-    steady_s = med([c.seconds for c in result["steady"]])
-    query_s = med(result["query"])
-    print(f"  steady cycle: the backend's query alone (Jobs.load, + slurmdbd when needed) {ms(query_s)}")
-    print(
-        f"      the rest: matching, SQLite reads (by difference)                     {ms(steady_s - query_s)}"
-    )
+    for name, part in (("pyslurm", py), ("command line", cli)):
+        steady_s = med([c.seconds for c in part["steady"]])
+        query_s = med(part["query"])
+        print(
+            f"  steady cycle, {name}: the backend's query alone {ms(query_s)};"
+            f" the rest (matching, SQLite reads, by difference) {ms(steady_s - query_s)}"
+        )
     if result["discarded"]:
         print(f"  ({result['discarded']} repetition(s) discarded: Slurm did not answer during them)")
     return ok
@@ -664,12 +678,18 @@ def main() -> int:
                 results[kind] = measure(kind, config, transport, snapshot, tmp)
             with_pyslurm = pyslurm_config(env, tmp)
             if with_pyslurm is not None:
-                pyslurm_result = measure_pyslurm(with_pyslurm, kinds["local"], tmp / "local-snapshot.db", tmp)
+                pyslurm_result = measure_pyslurm(
+                    make_config(env, "local", tmp),
+                    with_pyslurm,
+                    kinds["local"],
+                    tmp / "local-snapshot.db",
+                    tmp,
+                )
             print(f"poll cycle, {REPS} repetitions per transport, median:")
             for kind, transport in kinds.items():
                 ok = report_transport(kind, transport.description, results[kind]) and ok
             if with_pyslurm is not None:
-                ok = report_pyslurm(pyslurm_result, results["local"]) and ok
+                ok = report_pyslurm(pyslurm_result) and ok
     finally:
         for kind, transport in kinds.items():
             try:

@@ -25,9 +25,11 @@ helper's convention), where sacct prints the code the job exited with.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import re
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,11 +63,13 @@ def _text(value: Any) -> str | None:
     return None if text in _NO_VALUE else text
 
 
+@functools.lru_cache(maxsize=8192)
 def slurm_stamp(epoch: int | None) -> str | None:
-    """Seconds since the epoch as sacct/squeue print them under TZ=UTC."""
+    """Seconds since the epoch as sacct/squeue print them under TZ=UTC (cached: the jobs of
+    one submission share their seconds)."""
     if not epoch:
         return None
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
 
 
 def task_indices(spec: str | None) -> list[int]:
@@ -98,11 +102,12 @@ def dependency_text(dependencies: dict[str, Any] | None) -> str | None:
     """pyslurm's parsed dependency back into squeue's text: ``afterok:53_*(unfulfilled)``."""
     if not dependencies:
         return None
-    items = []
-    for kind, targets in dependencies.items():
-        if kind in ("satisfy", "singleton") or not isinstance(targets, list):
-            continue
-        items += [f"{kind}:{target}" for target in targets]
+    items = [
+        f"{kind}:{target}"
+        for kind, targets in dependencies.items()
+        if type(targets) is list
+        for target in targets
+    ]
     if dependencies.get("singleton"):
         items.append("singleton")
     return ("?" if dependencies.get("satisfy") == "any" else ",").join(items) or None
