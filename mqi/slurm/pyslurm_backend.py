@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import pwd
 import re
@@ -470,7 +471,14 @@ class PyslurmBackend:
         lines = submit_words((root / "jobs" / "submit.sh").read_text(encoding="utf-8"))
         variables = {"root": str(root), "prepare_id": "", "simulate_id": "", "only_beams": ""}
         if only_indices is not None:
-            variables["only_beams"] = ",".join(str(i) for i in sorted(set(only_indices)))
+            indices = sorted(set(only_indices))
+            beams = len(json.loads((root / "manifest.json").read_text(encoding="utf-8")).get("beams", []))
+            if not indices or indices[0] < 0 or indices[-1] >= beams:
+                raise OperationalError(
+                    f"Slurm refused the case: --only-beams {indices} are not array indices "
+                    f"of this case (0-{beams - 1})"
+                )
+            variables["only_beams"] = ",".join(str(i) for i in indices)
         (root / "logs").mkdir(exist_ok=True)
         submitted: list[str] = []
         try:
