@@ -604,7 +604,25 @@ def measure_pyslurm(
                 results[name]["steady"].append(again)
                 results[name]["query"].append(query_s)
         rep += 1
-    return {**results, "discarded": discarded}
+    return {**results, "discarded": discarded, "load": jobs_load_alone()}
+
+
+def jobs_load_alone() -> tuple[float, int, int]:
+    """pyslurm.Jobs.load() alone (median of REPS), and how many jobs it returned: every job in
+    slurmctld, of every user (pyslurm has no per-user load, which squeue --me uses), and how
+    many of them are this user's."""
+    import os
+
+    import pyslurm
+
+    times = []
+    jobs = pyslurm.Jobs.load()
+    for _ in range(REPS):
+        start = time.perf_counter()
+        jobs = pyslurm.Jobs.load()
+        times.append(time.perf_counter() - start)
+    mine = sum(1 for job in jobs.values() if job.user_id == os.getuid())
+    return med(times), len(jobs), mine
 
 
 def report_pyslurm(result: dict) -> bool:
@@ -635,6 +653,11 @@ def report_pyslurm(result: dict) -> bool:
             f"  steady cycle, {name}: the backend's query alone {ms(query_s)};"
             f" the rest (matching, SQLite reads, by difference) {ms(steady_s - query_s)}"
         )
+    load_s, count, mine = result["load"]
+    print(
+        f"  of pyslurm's query: Jobs.load() alone {ms(load_s)} for the {count} jobs slurmctld holds"
+        f" ({mine} of them this user's; it returns every user's)"
+    )
     if result["discarded"]:
         print(f"  ({result['discarded']} repetition(s) discarded: Slurm did not answer during them)")
     return ok
