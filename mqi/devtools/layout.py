@@ -3,7 +3,7 @@
 - arrows point down the layers below, never up;
 - orchestration modules never import each other (they share ``mqi.chain``);
 - the store knows no scheduler; nothing imports the CLI or the web app;
-- SQL appears only in ``mqi/store/``; Slurm command text only in ``mqi/slurm/``.
+- SQL appears only in ``mqi/store/``; Slurm command text and pyslurm only in ``mqi/slurm/``.
 
 Exit 0 when the layout holds; else one line per breach and exit 1.
 """
@@ -145,6 +145,9 @@ def check_file(path: Path, package: Path = PACKAGE) -> list[Breach]:
     if layer is None:
         return [Breach(shown, 1, f"{room} is in no layer of mqi.devtools.layout: add it where it belongs")]
     for line, target in _imports(tree, module):
+        if target.split(".")[0] == "pyslurm" and room != "mqi.slurm":
+            breaches.append(Breach(shown, line, "pyslurm imported outside mqi/slurm/"))
+            continue
         if not target.startswith("mqi"):
             continue
         other = room_of(target)

@@ -45,6 +45,11 @@ def test_sql_and_slurm_text_stay_in_their_rooms(tmp_path: Path) -> None:
     ]
 
 
+def test_pyslurm_stays_in_the_slurm_room(tmp_path: Path) -> None:
+    assert _plant(tmp_path, "poll.py", "import pyslurm\n") == ["pyslurm imported outside mqi/slurm/"]
+    assert _plant(tmp_path, "slurm/x.py", "def f():\n    import pyslurm\n") == []
+
+
 def test_prose_about_slurm_is_not_a_command(tmp_path: Path) -> None:
     text = '"""Runs sbatch -p gpu for you."""\nX = Field(1, description="sbatch --nice")\n'
     assert _plant(tmp_path, "config.py", text) == []
