@@ -7,19 +7,23 @@ fields, state names, reasons, exit codes and UTC times as the sacct and squeue p
 
 - submit: the bundle's rendered job scripts, with the options of their ``#SBATCH`` lines
   and of submit.sh's sbatch lines (so both backends submit the same jobs);
-- query: ``pyslurm.Jobs.load()`` (slurmctld, every job at once), then one
-  ``pyslurm.db.Jobs.load()`` (slurmdbd) only for the tracked jobs slurmctld cannot tell
-  all about: those it no longer knows, those it knows as finished (sacct's record carries
-  who cancelled it), and arrays with a started task (Slurm forgets a finished task
-  MinJobAge after it ends, while its siblings still run);
+- query: ``pyslurm.Jobs.load()`` (slurmctld, every job at once), then one accounting call
+  (slurmdbd) only for the tracked jobs slurmctld cannot tell all about: those it no longer
+  knows, those it knows as finished (sacct's record carries the exit code and who cancelled
+  it), and arrays with a started task (Slurm forgets a finished task MinJobAge after it
+  ends, while its siblings still run). The accounting call is pyslurm's raw
+  ``slurmdb_jobs().get()`` without job steps where it exists (``db.Jobs.load`` otherwise);
+- case_jobs (adoption after a crash): ``Jobs.load()`` and ``db.Jobs.load()`` by job name;
 - ``top`` and the GPU usage run the commands through the local transport (pyslurm has
   no call for either).
 
 pyslurm is imported when the backend is built, never at mqi's import: it links the
 libslurm of exactly one Slurm major version.
 
-Known difference: pyslurm reports an exit code of 128 or more as code minus 128 (its
-helper's convention), where sacct prints the code the job exited with.
+Known differences, none of which mqi stores: the raw accounting rows carry no pending
+reason (sacct's Reason of a finished job); ``pyslurm.db.Job`` objects give an exit code
+of 128 or more minus 128; the query's records are the tracked jobs' only (squeue --me
+also lists the user's other jobs).
 """
 
 from __future__ import annotations
