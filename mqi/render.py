@@ -6,8 +6,13 @@ The bundle (layout in :mod:`mqi.bundle`) needs nothing else once copied to the c
 ``log_0001.csv``...; the original names are returned in ``RenderedBundle.delivery_logs``
 and never leave the workstation), ``beams/<number>/moqui_tps.in``,
 ``jobs/{prepare,simulate,post}.sbatch``, ``jobs/submit.sh``, ``jobs/checksums.sha256``
-and ``manifest.json`` (opaque ids and numbers only). Only files intake classified are
-copied. The bundle is private (folders 0700, files 0600) and built in a staging folder
+and ``manifest.json`` (opaque ids and numbers only), and, for the workstation only,
+``.local/ct_sources.json``. Only files intake classified are copied.
+
+Rewriting the CT as int16 is most of a render's time. A render over an earlier bundle of
+the case reuses each int16 slice whose source file has the same sha256 as when that slice
+was made (and whose own sha256 is still the one that render recorded); any other slice is
+converted again. The bundle is private (folders 0700, files 0600) and built in a staging folder
 that SIGTERM/SIGHUP remove and the next render sweeps after a SIGKILL.
 
 Rendering is pure and deterministic: the same case and config give a byte-identical
@@ -33,6 +38,8 @@ The ``#SBATCH`` lines and submit.sh's sbatch command lines come from :mod:`mqi.s
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import re
 import shutil
@@ -52,11 +59,13 @@ import pydicom
 from mqi import moqui_params
 from mqi import slurm as slurm_syntax
 from mqi.bundle import (
+    CT_SOURCES_NAME,
     MANIFEST_NAME,
     QA_CONFIG_NAME,
     Manifest,
     ManifestBeam,
     ManifestGrid,
+    read_manifest,
     sha256_file,
     write_manifest,
 )
@@ -313,10 +322,15 @@ def _shift_to_int16(ds: pydicom.Dataset, label: str) -> None:
 def write_ct_slice(src: Path, dst: Path, label: str) -> bool:
     """Copy one CT slice; rewrite it as signed int16 explicit VR little endian when it is
     not already plain little-endian signed 16-bit. True when rewritten."""
-    ds = pydicom.dcmread(src)
+    return _write_ct_bytes(src.read_bytes(), dst, label)
+
+
+def _write_ct_bytes(data: bytes, dst: Path, label: str) -> bool:
+    """:func:`write_ct_slice` from the slice file's bytes."""
+    ds = pydicom.dcmread(io.BytesIO(data))
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) or None
     if ds.get("PixelRepresentation") == 1 and ds.get("BitsAllocated") == 16 and is_plain(syntax):
-        shutil.copyfile(src, dst)
+        dst.write_bytes(data)
         return False
     _shift_to_int16(ds, label)
     # force_encoding: a big-endian or deflated source is written as explicit VR little endian
@@ -324,17 +338,86 @@ def write_ct_slice(src: Path, dst: Path, label: str) -> bool:
     return True
 
 
-def _copy_ct(case: Case, input_dir: Path) -> bool:
-    normalised = False
+# Part of the key of a reused slice: a change to the conversion (or to pydicom, which
+# writes the file) never reuses a slice converted the old way.
+_CT_CONVERSION = f"int16-1/pydicom-{pydicom.__version__}"
+
+
+@dataclass(frozen=True)
+class EarlierSlice:
+    """A CT slice an earlier render wrote: its file, whether it was rewritten, its sha256."""
+
+    path: Path
+    rewritten: bool
+    digest: str
+
+
+def earlier_ct(bundle: Path) -> dict[str, EarlierSlice]:
+    """The CT slices of the bundle already at ``bundle`` (an earlier render of the case),
+    by the sha256 of the source file each was made from; empty when there is none or its
+    record does not match this conversion."""
+    try:
+        record = json.loads((bundle / CT_SOURCES_NAME).read_text(encoding="utf-8"))
+        files = read_manifest(bundle).files
+    except (OSError, ValueError):  # absent, unreadable, or not this format
+        return {}
+    if not isinstance(record, dict) or record.get("conversion") != _CT_CONVERSION:
+        return {}
+    found: dict[str, EarlierSlice] = {}
+    slices = record.get("slices")
+    for name, entry in slices.items() if isinstance(slices, dict) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str) or name not in files:
+            continue
+        if not name.startswith("input/CT_") or "/" in name.removeprefix("input/"):
+            continue
+        found[entry["source"]] = EarlierSlice(bundle / name, bool(entry.get("rewritten")), files[name])
+    return found
+
+
+def _reuse(earlier: EarlierSlice, dst: Path) -> bool:
+    """Put an earlier slice at ``dst`` (a hard link, else a copy) if its content is still
+    what that render wrote; False when it is not (it is converted again then)."""
+    try:
+        if sha256_file(earlier.path) != earlier.digest:
+            return False
+        try:
+            os.link(earlier.path, dst)
+        except OSError:
+            shutil.copyfile(earlier.path, dst)
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class CopiedCT:
+    normalised: bool = False
+    slices: dict[str, dict[str, Any]] = field(default_factory=dict)  # bundle name -> source, rewritten
+    digests: dict[str, str] = field(default_factory=dict)  # bundle name -> sha256, for reused slices
+
+
+def _copy_ct(case: Case, input_dir: Path, earlier: Mapping[str, EarlierSlice]) -> CopiedCT:
+    copied = CopiedCT()
     for index, src in enumerate(case.ct.files):
         label = f"slice {index} ({shell_quote_path(src.name)})"
+        dst = input_dir / f"CT_{index:04d}.dcm"
+        name = f"input/{dst.name}"
         try:
-            normalised |= write_ct_slice(src, input_dir / f"CT_{index:04d}.dcm", label)
+            data = src.read_bytes()
+            source = hashlib.sha256(data).hexdigest()
+            reused = earlier.get(source)
+            if reused is not None and _reuse(reused, dst):
+                rewritten = reused.rewritten
+                copied.digests[name] = reused.digest
+            else:
+                rewritten = _write_ct_bytes(data, dst, label)
         except (RenderError, OSError):
             raise
         except Exception as err:  # intake read the same file; this is a file it could not vet
             raise RenderError(f"CT {label}: cannot be rewritten ({type(err).__name__}: {err})") from None
-    return normalised
+        copied.normalised |= rewritten
+        copied.slices[name] = {"source": source, "rewritten": rewritten}
+    return copied
 
 
 def _tps_name(dose: TPSDose, taken: set[str]) -> str:
@@ -409,17 +492,17 @@ def _copy_logs(case: Case, root: Path) -> dict[str, str]:
     return mapping
 
 
-def _copy_inputs(case: Case, root: Path) -> tuple[bool, list[str]]:
-    """input/ (CT, plan, structures) and tps/; returns (normalised, tps)."""
+def _copy_inputs(case: Case, root: Path, earlier: Mapping[str, EarlierSlice]) -> tuple[CopiedCT, list[str]]:
+    """input/ (CT, plan, structures) and tps/; returns (the CT, tps)."""
     input_dir, tps_dir = root / "input", root / "tps"
     input_dir.mkdir()
     tps_dir.mkdir()
-    normalised = _copy_ct(case, input_dir)
+    ct = _copy_ct(case, input_dir, earlier)
     write_plan(case.plan.path, input_dir / "RTPLAN.dcm")
     if case.structure_set is not None:
         shutil.copyfile(case.structure_set.path, input_dir / "RTSTRUCT.dcm")
     tps = _copy_tps(case, tps_dir)
-    return normalised, tps
+    return ct, tps
 
 
 # --- job scripts ------------------------------------------------------------------------
@@ -527,10 +610,16 @@ def _make_private(root: Path) -> None:
             os.chmod(path, SCRIPT_MODE if os.stat(path).st_mode & 0o100 else FILE_MODE)
 
 
-def _checksums(root: Path) -> dict[str, str]:
+def _checksums(root: Path, known: Mapping[str, str]) -> dict[str, str]:
+    """sha256 of every input file; ``known``: sums already checked (reused CT slices)."""
     tops = ("input", "tps", "delivery_logs", "beams", "jobs")
     files = sorted(p for top in tops if (root / top).is_dir() for p in (root / top).rglob("*"))
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files if p.is_file()}
+    sums = {}
+    for path in files:
+        if path.is_file():
+            name = path.relative_to(root).as_posix()
+            sums[name] = known.get(name) or sha256_file(path)
+    return sums
 
 
 def _manifest(
@@ -574,11 +663,16 @@ def _manifest(
 
 
 def _fill(
-    root: Path, case: Case, config: Config, engine: EngineSettings, scripts: dict[str, str]
+    root: Path,
+    case: Case,
+    config: Config,
+    engine: EngineSettings,
+    scripts: dict[str, str],
+    earlier: Mapping[str, EarlierSlice],
 ) -> tuple[Manifest, dict[str, str]]:
     """Write every file of the bundle into ``root``; returns the manifest and the
     delivery-log name mapping."""
-    normalised, tps = _copy_inputs(case, root)
+    ct, tps = _copy_inputs(case, root, earlier)
     logs = _copy_logs(case, root)
     for beam in case.beams:
         text = moqui_input_text(case.case_uid, beam.number, engine)
@@ -587,10 +681,12 @@ def _fill(
         _write(root / "jobs" / name, text, SCRIPT_MODE)
     _write(root / QA_CONFIG_NAME, config.qa.model_dump_json(indent=2) + "\n")
     (root / "logs").mkdir()
-    files = _checksums(root)
+    files = _checksums(root, ct.digests)
     _write(root / CHECKSUMS_NAME, "".join(f"{h}  {p}\n" for p, h in sorted(files.items())))
-    manifest = _manifest(case, config, engine, normalised, tps, files)
+    manifest = _manifest(case, config, engine, ct.normalised, tps, files)
     write_manifest(root, manifest)
+    record = {"conversion": _CT_CONVERSION, "slices": ct.slices}
+    _write(root / CT_SOURCES_NAME, json.dumps(record, indent=1, sort_keys=True) + "\n")
     _make_private(root)
     return manifest, logs
 
@@ -694,6 +790,9 @@ def render_bundle(
     _check_target(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     sweep_stale_staging(out_dir.parent)
+    # The bundle already there (an earlier render of the case) lends its int16 CT slices
+    # where their source file is byte for byte the same.
+    earlier = earlier_ct(out_dir) if out_dir.is_dir() else {}
     with _terminate_cleanly():
         staging = Path(
             tempfile.mkdtemp(
@@ -702,7 +801,7 @@ def render_bundle(
         )
         try:
             staging.chmod(DIR_MODE)
-            manifest, logs = _fill(staging, case, config, engine, scripts)
+            manifest, logs = _fill(staging, case, config, engine, scripts, earlier)
             _publish(staging, out_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from mqi.bundle import sha256_file
+from mqi.bundle import LOCAL_DIR, sha256_file
 from mqi.chain import Chain, find_chains, record_chain, remote_bundle_dir, submit_chain
 from mqi.clock import now_utc, parse_utc
 from mqi.config import Config
@@ -406,13 +406,14 @@ class Submitter:
 
 
 def bundle_checksums(bundle: Path, known: Mapping[str, str] | None = None) -> dict[str, str]:
-    """sha256 of every file of a rendered bundle, by relative path; ``known`` gives sums
-    already computed (the manifest's, written by the same render) for the files it names."""
+    """sha256 of every file of a rendered bundle that goes to the cluster (all but the
+    workstation's own ``.local/``), by relative path; ``known`` gives sums already computed
+    (the manifest's, written by the same render) for the files it names."""
     known = known or {}
     sums = {}
     for path in sorted(bundle.rglob("*")):
-        if path.is_file():
-            name = path.relative_to(bundle).as_posix()
+        name = path.relative_to(bundle).as_posix()
+        if path.is_file() and name.partition("/")[0] != LOCAL_DIR:
             sums[name] = known.get(name) or sha256_file(path)
     return sums
 
