@@ -73,7 +73,7 @@ class TarChunk:
     finished: list[tuple[str, int]] = field(default_factory=list)
 
 
-def tar_stream(local_root: Path, names: Iterable[str], chunk: int = 1 << 20) -> Iterator[TarChunk]:
+def tar_stream(local_root: Path, names: Iterable[str], chunk: int = 1 << 18) -> Iterator[TarChunk]:
     """A POSIX tar archive of ``local_root/<name>`` for each name, in chunks of about
     ``chunk`` bytes: regular files only, each under its bundle-relative name with its own
     mode bits and no owner names. Raises TransportError for a name that is not a plain
