@@ -85,8 +85,8 @@ def tar_stream(local_root: Path, names: Iterable[str], chunk: int = 1 << 18) -> 
         if not parts or PurePosixPath(name).is_absolute() or ".." in parts or name != "/".join(parts):
             raise TransportError(f"{name!r} is not a relative path inside the bundle")
         path = local_root / name
-        try:
-            handle = path.open("rb")
+        try:  # a symbolic link is never followed, a FIFO never waited on
+            handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
         except OSError as err:
             raise TransportError(f"cannot read {path}: {err.strerror or err}") from None
         with handle:
