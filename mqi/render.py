@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -55,6 +56,9 @@ from typing import Any
 import jinja2
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 
 from mqi import moqui_params
 from mqi import slurm as slurm_syntax
@@ -325,17 +329,77 @@ def write_ct_slice(src: Path, dst: Path, label: str) -> bool:
     return _write_ct_bytes(src.read_bytes(), dst, label)
 
 
-def _write_ct_bytes(data: bytes, dst: Path, label: str) -> bool:
-    """:func:`write_ct_slice` from the slice file's bytes."""
+def _write_ct_bytes(data: bytes, dst: Path, label: str, *, splice: bool = True) -> bool:
+    """:func:`write_ct_slice` from the slice file's bytes. ``splice``: an explicit VR little
+    endian source gets only its changed elements written (see :func:`_spliced`)."""
     ds = pydicom.dcmread(io.BytesIO(data))
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) or None
+    # before any value is read: reading turns an element into a decoded one, without its place
+    spans = _spans(ds, data) if splice and syntax == pydicom.uid.ExplicitVRLittleEndian else None
     if ds.get("PixelRepresentation") == 1 and ds.get("BitsAllocated") == 16 and is_plain(syntax):
         dst.write_bytes(data)
         return False
     _shift_to_int16(ds, label)
-    # force_encoding: a big-endian or deflated source is written as explicit VR little endian
-    pydicom.dcmwrite(dst, ds, implicit_vr=False, little_endian=True, force_encoding=True)
+    spliced = _spliced(data, ds, spans) if spans is not None else None
+    if spliced is not None:
+        dst.write_bytes(spliced)
+    else:
+        # force_encoding: a big-endian or deflated source is written as explicit VR little endian
+        pydicom.dcmwrite(dst, ds, implicit_vr=False, little_endian=True, force_encoding=True)
     return True
+
+
+# The elements _shift_to_int16 writes or removes; a source without one of the first six is
+# rewritten by pydicom as a whole (the element would have to be inserted).
+_REWRITTEN = (0x00280100, 0x00280101, 0x00280102, 0x00280103, 0x00281052, 0x00281053, 0x7FE00010)
+_REMOVED = (0x00280106, 0x00280107, 0x00280108, 0x00280109, 0x00280120, 0x00280121)
+_GROUP_LENGTHS = (0x00280000, 0x7FE00000)  # would change with the group
+_LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+
+
+def _spans(ds: pydicom.Dataset, data: bytes) -> dict[int, tuple[int, int]] | None:
+    """Where each element :func:`_shift_to_int16` touches lies in ``data`` (undecoded, in
+    tag order, not overlapping); None when the slice is not that simple."""
+    if any(tag in ds for tag in _GROUP_LENGTHS):
+        return None
+    spans: dict[int, tuple[int, int]] = {}
+    for tag in (*_REWRITTEN, *_REMOVED):
+        if tag not in ds:
+            if tag in _REWRITTEN:
+                return None
+            continue
+        elem = ds.get_item(tag)
+        if not isinstance(elem, RawDataElement) or elem.is_buffered or elem.VR is None:
+            return None
+        if elem.value_tell is None or elem.length == 0xFFFFFFFF or elem.is_implicit_VR:
+            return None
+        header = 12 if elem.VR in _LONG_HEADER_VRS else 8
+        spans[tag] = (elem.value_tell - header, elem.value_tell + elem.length)
+    ordered = [spans[tag] for tag in sorted(spans)]
+    if ordered[0][0] < 132 or ordered[-1][1] > len(data):
+        return None
+    if any(end > start for (_, end), (start, _) in itertools.pairwise(ordered)):
+        return None
+    return spans
+
+
+def _spliced(data: bytes, ds: pydicom.Dataset, spans: dict[int, tuple[int, int]]) -> bytes | None:
+    """The rewritten slice: ``data`` with each touched element replaced by its new encoding
+    (the same encoder pydicom's writer uses) or left out; every other byte as it was."""
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    position = 0
+    try:
+        for tag in sorted(spans):
+            start, end = spans[tag]
+            out.write(data[position:start])
+            if tag in ds:
+                write_data_element(out, ds.get_item(tag))
+            position = end
+    except Exception:  # anything pydicom's writer refuses: it writes the whole file instead
+        return None
+    out.write(data[position:])
+    return out.getvalue()
 
 
 # Part of the key of a reused slice: a change to the conversion (or to pydicom, which

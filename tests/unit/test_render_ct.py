@@ -15,7 +15,7 @@ import pytest
 
 from mqi.bundle import CT_SOURCES_NAME, sha256_file
 from mqi.intake.model import Case
-from mqi.render import RenderedBundle, RenderError, render_bundle, write_ct_slice
+from mqi.render import RenderedBundle, RenderError, _write_ct_bytes, render_bundle, write_ct_slice
 from tests.unit.test_render_cases import APTG, aptg_case, bundle_bytes, ct_grid, needs_aptg, render_config
 
 pytestmark = needs_aptg
@@ -165,3 +165,53 @@ def test_a_record_of_another_conversion_is_not_reused(tmp_path: Path) -> None:
     record.write_text(record.read_text().replace('"conversion": "', '"conversion": "older-'))
     render_bundle(aptg_case(), render_config(), out)
     assert not set(ct_inodes(out).values()) & set(first.values())
+
+
+def variant(tmp_path: Path, kind: str) -> Path:
+    """An unsigned APTG slice written by pydicom with one unusual trait."""
+    ds = pydicom.dcmread(APTG / "ct" / "CT_030.dcm")
+    if kind == "bounds":  # US values whose VR follows PixelRepresentation: dropped by the rewrite
+        for tag, value in ((0x00280106, 0), (0x00280107, 4000), (0x00280120, 0)):
+            ds.add_new(tag, "US", value)
+    elif kind == "sequence-and-private":
+        item = pydicom.Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = ds.SOPClassUID, "1.2.3.4"
+        ds.ReferencedImageSequence = pydicom.Sequence([item])
+        ds.private_block(0x0029, "SITE", create=True).add_new(0x01, "LO", "kept")
+    elif kind == "fractional":
+        ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-1024.25"
+    elif kind == "group-length":
+        ds.add_new(0x00280000, "UL", 0)
+    elif kind == "no-intercept":
+        del ds.RescaleIntercept
+    elif kind == "implicit":
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    path = tmp_path / f"{kind}.dcm"
+    little = kind != "implicit"
+    pydicom.dcmwrite(path, ds, implicit_vr=not little, little_endian=True)
+    return path
+
+
+VARIANTS = ["plain", "bounds", "sequence-and-private", "fractional"]
+VARIANTS += ["group-length", "no-intercept", "implicit"]  # these go through pydicom's writer whole
+
+
+@pytest.mark.parametrize("kind", VARIANTS)
+def test_the_spliced_rewrite_is_the_file_pydicom_writes(tmp_path: Path, kind: str) -> None:
+    """Only the changed elements are encoded anew; the result is byte for byte what
+    pydicom's writer makes of the whole dataset."""
+    data = variant(tmp_path, kind).read_bytes()
+    assert _write_ct_bytes(data, tmp_path / "spliced.dcm", "slice 0") is True
+    assert _write_ct_bytes(data, tmp_path / "whole.dcm", "slice 0", splice=False) is True
+    assert (tmp_path / "spliced.dcm").read_bytes() == (tmp_path / "whole.dcm").read_bytes()
+    written = pydicom.dcmread(tmp_path / "spliced.dcm")
+    assert written.PixelRepresentation == 1 and "SmallestImagePixelValue" not in written
+    np.testing.assert_array_equal(hu(tmp_path / "spliced.dcm"), hu(tmp_path / f"{kind}.dcm"))
+
+
+def test_every_aptg_slice_splices_to_what_pydicom_writes(tmp_path: Path) -> None:
+    for src in sorted((APTG / "ct").glob("CT_*.dcm")):
+        data = src.read_bytes()
+        _write_ct_bytes(data, tmp_path / "spliced.dcm", src.name)
+        _write_ct_bytes(data, tmp_path / "whole.dcm", src.name, splice=False)
+        assert (tmp_path / "spliced.dcm").read_bytes() == (tmp_path / "whole.dcm").read_bytes(), src.name
