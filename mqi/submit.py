@@ -136,7 +136,7 @@ class Prefetch:
         return self._result
 
     def wait(self) -> None:
-        """Let the background call finish (the transport is not shared while it runs)."""
+        """Let the background call finish: the transport is not shared while it runs."""
         self._thread.join()
 
 
@@ -234,8 +234,12 @@ class Submitter:
         survey = Prefetch(lambda: self._survey(case.case_uid, remote, since, known=known))
         try:
             return self._render_and_submit(case_dir, result, stored, survey, remote, priority, force)
-        finally:
+        except Exception:
+            # e.g. a rejected render: the caller may go on with this transport (mqi scan), so
+            # the survey must be over. (A submit that got as far as the upload took it already;
+            # an interrupt or a signal does not wait: the process is stopping.)
             survey.wait()
+            raise
 
     def _render_and_submit(
         self,
