@@ -37,6 +37,7 @@ The ``#SBATCH`` lines and submit.sh's sbatch command lines come from :mod:`mqi.s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -580,11 +581,29 @@ def _words(key: str, command: str | None) -> list[str]:
 
 
 def _template_env(template_dir: Path | None) -> jinja2.Environment:
+    """The job-script templates: the site folder's first, then the built-in ones. One
+    environment per state of the site folder (names, sizes, times), so that a long-running
+    mqi (scan, run) compiles each template once and still sees a site template that was
+    added, changed or removed."""
+    if template_dir is None:
+        return _environment(None, ())
+    if not template_dir.is_dir():
+        raise RenderError(f"slurm.template_dir: {template_dir} is not a folder")
+    try:
+        state = tuple(
+            sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(template_dir))
+        )
+    except OSError as err:
+        reason = err.strerror or err
+        raise RenderError(f"slurm.template_dir: {template_dir} cannot be read: {reason}") from None
+    return _environment(str(template_dir), state)
+
+
+@functools.lru_cache(maxsize=16)
+def _environment(template_dir: str | None, _state: tuple[tuple[str, int, int], ...]) -> jinja2.Environment:
     loaders: list[jinja2.BaseLoader] = []
     if template_dir is not None:
-        if not template_dir.is_dir():
-            raise RenderError(f"slurm.template_dir: {template_dir} is not a folder")
-        loaders.append(jinja2.FileSystemLoader(str(template_dir)))
+        loaders.append(jinja2.FileSystemLoader(template_dir))
     loaders.append(jinja2.FileSystemLoader(str(BUILTIN_TEMPLATES)))
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
