@@ -7,23 +7,26 @@ case uid), a fresh state_dir and a fresh remote sub-folder. Jobs carry ``--begin
 so they stay pending and cost nothing; every job is scancelled and every remote folder
 removed at the end.
 
-Measured in the same run, alternating with the submits:
+Measured in the same run, alternating with the submits (which goes first alternates too):
 
 * submit: wall time of ``Submitter(config, store, SSHTransport(...)).submit(case_dir)``;
 * SSH connections per submit, three ways: ``SSHTransport.connections_opened``, paramiko
   ``Transport`` objects started in this process, and "Accepted publickey" lines that sshd
   logged for those client ports;
-* floor: one fabric connection, SFTP of the same rendered bundle to a fresh remote folder,
-  and three ``sbatch --parsable --hold --wrap true`` in one command over that connection;
-  then the same floor again with TCP_NODELAY on its socket (informational: paramiko leaves
-  Nagle's algorithm on, and small files and commands then wait on delayed ACKs);
+* floor: one fabric connection with TCP_NODELAY on its socket (as mqi connects; paramiko
+  leaves Nagle's algorithm on, and small files and commands then wait on delayed ACKs),
+  SFTP of the same rendered bundle to a fresh remote folder, and three
+  ``sbatch --parsable --hold --wrap true`` in one command over that connection;
 * breakdown: the network operations inside the submit (timed by a pass-through wrapper
-  around the real transport) and the local steps timed on their own (read_case,
-  folder_fingerprint, render_bundle, bundle_checksums).
+  around the real transport: when each started after the submit began, and how long it
+  took) and the local steps timed on their own (read_case, folder_fingerprint,
+  render_bundle, bundle_checksums), and render_bundle again with the CT of the first
+  render at hand (what a resubmission of the same case renders).
 
-Prints medians of 5 (after one warm-up) and the ratio submit/floor (target: at most 1.5);
-exits 1 when the target or the one-connection rule is missed. A repetition during which
-sshd or Slurm did not answer (tests elsewhere restart them) is discarded and repeated.
+Prints medians of 7 (after one warm-up), the ratio submit/floor (target: at most 1.2) and
+the load average; exits 1 when the target or the one-connection rule is missed. A
+repetition during which sshd or Slurm did not answer (tests elsewhere restart them) is
+discarded and repeated.
 """
 
 from __future__ import annotations
@@ -55,12 +58,13 @@ from mqi.intake.identity import case_uid
 from mqi.render import render_bundle
 from mqi.store import Store
 from mqi.submit import Submitter, bundle_checksums
-from mqi.transport import CommandResult, SSHTransport, TransferStats
+from mqi.transport import CommandResult, TransferStats
+from mqi.transport.ssh import SSHTransport
 
 ROOT = Path(__file__).resolve().parents[1]
 APTG = ROOT.parent / "shared" / "data" / "aptg-plan03"
-REPS = 5
-TARGET_RATIO = 1.5
+REPS = 7
+TARGET_RATIO = 1.2
 
 
 # -- the dev cluster ----------------------------------------------------------------
@@ -93,15 +97,19 @@ class Op:
     kind: str  # survey | upload | submit | run
     seconds: float
     label: str = ""
+    began: float = 0.0  # seconds after the transport was made (just before the submit began)
 
 
 class TimedTransport:
-    """Delegates every call to a real transport and records how long each one took."""
+    """Delegates every call to a real transport and records when each one began and how
+    long it took."""
 
     def __init__(self, inner: SSHTransport) -> None:
         self.inner = inner
         self.description = inner.description
         self.ops: list[Op] = []
+        self.origin = time.perf_counter()
+        self.cpu = 0.0  # CPU seconds of this process (every thread) during the submit
 
     @property
     def connections_opened(self) -> int:
@@ -118,7 +126,7 @@ class TimedTransport:
                 kind = "submit"
             else:
                 kind = "run"
-            self.ops.append(Op(kind, time.perf_counter() - start, command[:60]))
+            self.ops.append(Op(kind, time.perf_counter() - start, command[:60], start - self.origin))
 
     def put_files(
         self, local_root: Path, remote_root: str, names: Iterable[str], progress: Any = None
@@ -127,7 +135,7 @@ class TimedTransport:
         try:
             return self.inner.put_files(local_root, remote_root, names, progress)
         finally:
-            self.ops.append(Op("upload", time.perf_counter() - start, remote_root))
+            self.ops.append(Op("upload", time.perf_counter() - start, remote_root, start - self.origin))
 
     def get_files(
         self, remote_root: str, local_root: Path, names: Iterable[str], progress: Any = None
@@ -199,16 +207,16 @@ class SshdLog:
 
 
 def floor_once(
-    env: dict[str, str], bundle: Path, remote: str, partition: str, name: str, *, nodelay: bool = False
+    env: dict[str, str], bundle: Path, names: list[str], remote: str, partition: str, name: str
 ) -> tuple[float, list[str], dict[str, float]]:
-    """One connection, SFTP of the bundle, three held sbatch in one command. Returns
-    (seconds, job ids, parts). ``nodelay`` sets TCP_NODELAY on the connection's socket
-    (paramiko leaves Nagle's algorithm on)."""
-    files = sorted(p for p in bundle.rglob("*") if p.is_file())
-    relative = {p.relative_to(bundle).parent for p in files}
+    """One connection with TCP_NODELAY, SFTP of the bundle's files, three held sbatch in
+    one command. Returns (seconds, job ids, parts)."""
+    files = [bundle / name for name in names]
+    relative = {PurePosixPath(name).parent for name in names}
     dirs = sorted({PurePosixPath(remote, d) for rel in relative for d in [rel, *rel.parents]})
     parts: dict[str, float] = {}
     start = time.perf_counter()
+    cpu = time.process_time()
     connection = fabric.Connection(
         env["MQI_TEST_SSH_HOST"],
         user=env["MQI_TEST_SSH_USER"],
@@ -223,15 +231,14 @@ def floor_once(
     connection.client.load_host_keys(env["MQI_TEST_KNOWN_HOSTS"])
     try:
         connection.open()
-        if nodelay:
-            connection.client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection.client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         parts["connect"] = time.perf_counter() - start
         mark = time.perf_counter()
         sftp = connection.sftp()
         for folder in dirs:  # sorted: parents before children
             sftp.mkdir(str(folder))
-        for path in files:
-            target = str(PurePosixPath(remote, path.relative_to(bundle)))
+        for path, relative_name in zip(files, names, strict=True):
+            target = str(PurePosixPath(remote, relative_name))
             sftp.put(str(path), target)
             if path.stat().st_mode & 0o100:
                 sftp.chmod(target, path.stat().st_mode & 0o7777)
@@ -244,6 +251,7 @@ def floor_once(
         result = connection.run(f"{one} && {one} && {one}", hide=True, warn=True, in_stream=False)
         parts["submit"] = time.perf_counter() - mark
         seconds = time.perf_counter() - start
+        parts["cpu"] = time.process_time() - cpu
     finally:
         connection.close()
     ids = [line.split(";")[0].strip() for line in result.stdout.split()]
@@ -269,8 +277,11 @@ def local_steps(config: Config, case_dir: Path, out: Path) -> dict[str, float]:
     rendered = render_bundle(result.case, config, out, priority=config.slurm.default_priority)
     times["render_bundle"] = time.perf_counter() - start
     start = time.perf_counter()
-    bundle_checksums(rendered.path)
+    bundle_checksums(rendered.path, known=rendered.manifest.files)
     times["bundle_checksums"] = time.perf_counter() - start
+    start = time.perf_counter()
+    render_bundle(result.case, config, out, priority=config.slurm.default_priority)
+    times["render_bundle again (the CT of the first render reused)"] = time.perf_counter() - start
     return times
 
 
@@ -279,12 +290,42 @@ class Measured:
     submit: float
     floor: float
     floor_parts: dict[str, float]
-    tuned: float
-    tuned_parts: dict[str, float]
     counted: tuple[int, int, int | None, int | None]
-    inside: dict[str, float]
+    ops: list[Op]
+    connect: float
+    cpu: float
     local_steps: dict[str, float]
     bundle: Path
+
+
+def timed_submit(
+    config: Config, case_dir: Path, watch: SSHWatch, sshd: SshdLog, job_ids: list[str]
+) -> tuple[float, TimedTransport, tuple[int, int, int | None, int | None], float, Path]:
+    store = Store(config.db_path)
+    transport = TimedTransport(SSHTransport(config.cluster))
+    ports_before = len(watch.client_ports)
+    opens_before = len(watch.open_seconds)
+    sshd.mark()
+    start = time.perf_counter()
+    transport.origin = start
+    cpu = time.process_time()
+    try:
+        outcome = Submitter(config, store, transport).submit(case_dir)
+        seconds = time.perf_counter() - start
+        transport.cpu = time.process_time() - cpu
+    finally:
+        transport.close()
+        store.close()
+    job_ids += [job for job in outcome.jobs.values() if job]
+    if outcome.adopted or outcome.already or outcome.status != "submitted":
+        raise SystemExit(f"not a first submission: {outcome.to_json()}")
+    ports = watch.client_ports[ports_before:]
+    accepted = sshd.accepted_since_mark()
+    ours = None if accepted is None else sum(1 for _, port in accepted if port in ports)
+    others = None if accepted is None else len(accepted) - (ours or 0)
+    counted = (transport.connections_opened, len(ports), ours, others)
+    connect = sum(watch.open_seconds[opens_before:])
+    return seconds, transport, counted, connect, config.bundles_dir / outcome.case_uid
 
 
 def one_rep(
@@ -297,45 +338,28 @@ def one_rep(
     sshd: SshdLog,
     job_ids: list[str],
     tmp: Path,
+    reference: Path | None,
 ) -> Measured:
-    """One submit, then the floor (default socket and TCP_NODELAY), then the local steps alone."""
-    store = Store(config.db_path)
-    transport = TimedTransport(SSHTransport(config.cluster))
-    ports_before = len(watch.client_ports)
-    opens_before = len(watch.open_seconds)
-    sshd.mark()
-    start = time.perf_counter()
-    try:
-        outcome = Submitter(config, store, transport).submit(case_dir)
-        seconds = time.perf_counter() - start
-    finally:
-        transport.close()
-        store.close()
-    job_ids += [job for job in outcome.jobs.values() if job]
-    if outcome.adopted or outcome.already or outcome.status != "submitted":
-        raise SystemExit(f"repetition {rep} was not a first submission: {outcome.to_json()}")
-    ports = watch.client_ports[ports_before:]
-    accepted = sshd.accepted_since_mark()
-    ours = None if accepted is None else sum(1 for _, port in accepted if port in ports)
-    others = None if accepted is None else len(accepted) - (ours or 0)
-    ops: dict[str, float] = {}
-    for op in transport.ops:
-        ops[op.kind] = ops.get(op.kind, 0.0) + op.seconds
-    ops["ssh connect (inside the first command)"] = sum(watch.open_seconds[opens_before:])
-    bundle = config.bundles_dir / outcome.case_uid
-    # the floor, same bundle, same conditions
+    """One submit and the floor (which goes first alternates), then the local steps alone.
+    The floor uploads ``reference`` (a bundle rendered earlier: the same files) when the
+    floor goes first, else this submit's bundle."""
     name = f"bench-floor-{remote_root.rsplit('-', 1)[-1]}"
     partition = config.slurm.partition
-    floor_s, ids, parts = floor_once(env, bundle, f"{remote_root}/floor{rep}", partition, name)
-    job_ids += ids
-    tuned_s, ids, tuned_parts = floor_once(
-        env, bundle, f"{remote_root}/tuned{rep}", partition, name, nodelay=True
-    )
-    job_ids += ids
-    # the local steps alone
+
+    def floor(bundle: Path) -> tuple[float, dict[str, float]]:
+        names = sorted(bundle_checksums(bundle))
+        seconds, ids, parts = floor_once(env, bundle, names, f"{remote_root}/floor{rep}", partition, name)
+        job_ids.extend(ids)
+        return seconds, parts
+
+    if rep % 2 and reference is not None:
+        floor_s, parts = floor(reference)
+        seconds, transport, counted, connect, bundle = timed_submit(config, case_dir, watch, sshd, job_ids)
+    else:
+        seconds, transport, counted, connect, bundle = timed_submit(config, case_dir, watch, sshd, job_ids)
+        floor_s, parts = floor(bundle)
     steps = local_steps(config, case_dir, tmp / f"rep{rep}" / "bundle-again")
-    counted = (transport.connections_opened, len(ports), ours, others)
-    return Measured(seconds, floor_s, parts, tuned_s, tuned_parts, counted, ops, steps, bundle)
+    return Measured(seconds, floor_s, parts, counted, transport.ops, connect, transport.cpu, steps, bundle)
 
 
 # -- main --------------------------------------------------------------------------------
@@ -370,17 +394,12 @@ def main() -> int:
     sshd = SshdLog(env)
     job_ids: list[str] = []
     admin = SSHTransport(make_config(env, Path(tempfile.gettempdir()) / "unused", remote_root).cluster)
-    submits: list[float] = []
-    floors: list[float] = []
-    floor_parts: list[dict[str, float]] = []
-    tuned: list[float] = []
-    tuned_parts_all: list[dict[str, float]] = []
-    counted: list[tuple[int, int, int | None, int | None]] = []
-    inside: list[dict[str, float]] = []
-    locals_: list[dict[str, float]] = []
+    runs: list[Measured] = []
     sizes = (0, 0)
     uids: list[str] = []
     discarded = 0
+    loads: list[float] = [os.getloadavg()[0]]
+    reference: Path | None = None
     plan_uid = str(pydicom.dcmread(next(APTG.glob("RP*.dcm")), stop_before_pixels=True).SOPInstanceUID)
     try:
         setup = admin.run(f"mkdir -p {shlex.quote(remote_root)}")
@@ -389,7 +408,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="mqi-bench-submit-") as tmp_name:
             tmp = Path(tmp_name)
             rep = -1
-            while len(submits) < REPS:  # repetition 0 warms Python up and is not counted
+            while len(runs) < REPS:  # repetition 0 warms Python up and is not counted
                 rep += 1
                 if discarded > REPS:
                     raise SystemExit(f"the cluster did not answer in {discarded} repetitions")
@@ -397,7 +416,9 @@ def main() -> int:
                 uids.append(case_uid(case_dir, plan_uid))
                 config = make_config(env, tmp / f"rep{rep}" / "state", f"{remote_root}/r{rep}")
                 try:
-                    measured = one_rep(env, config, case_dir, rep, remote_root, watch, sshd, job_ids, tmp)
+                    measured = one_rep(
+                        env, config, case_dir, rep, remote_root, watch, sshd, job_ids, tmp, reference
+                    )
                 except (MqiError, paramiko.SSHException, OSError) as error:
                     # e.g. a test elsewhere restarting sshd or slurmctld: this repetition measures nothing
                     discarded += 1
@@ -406,53 +427,47 @@ def main() -> int:
                     continue
                 if rep == 0:
                     print(f"warm-up (not counted): submit {ms(measured.submit)}, floor {ms(measured.floor)}")
-                    bundle = measured.bundle
-                    files = [p for p in bundle.rglob("*") if p.is_file()]
-                    sizes = (len(files), sum(p.stat().st_size for p in files))
+                    reference = measured.bundle
+                    names = sorted(bundle_checksums(reference))
+                    sizes = (len(names), sum((reference / name).stat().st_size for name in names))
                     continue
-                submits.append(measured.submit)
-                floors.append(measured.floor)
-                floor_parts.append(measured.floor_parts)
-                tuned.append(measured.tuned)
-                tuned_parts_all.append(measured.tuned_parts)
-                counted.append(measured.counted)
-                inside.append(measured.inside)
-                locals_.append(measured.local_steps)
-        report(submits, floors, floor_parts, counted, inside, locals_, sizes)
-        report_tuned(submits, tuned, tuned_parts_all)
+                runs.append(measured)
+                loads.append(os.getloadavg()[0])
+            report(runs, sizes, loads)
         if discarded:
             print(f"({discarded} repetition(s) discarded: the cluster did not answer during them)")
     finally:
         cleanup(admin, job_ids, [*uids, f"bench-floor-{run_id}"], remote_root)
-    ratio = med(submits) / med(floors)
-    return 0 if ratio <= TARGET_RATIO and all(c[0] == 1 for c in counted) else 1
+    ratio = med([r.submit for r in runs]) / med([r.floor for r in runs])
+    return 0 if ratio <= TARGET_RATIO and all(r.counted[0] == 1 for r in runs) else 1
 
 
-def report(
-    submits: list[float],
-    floors: list[float],
-    floor_parts: list[dict[str, float]],
-    counted: list[tuple[int, int, int | None, int | None]],
-    inside: list[dict[str, float]],
-    locals_: list[dict[str, float]],
-    sizes: tuple[int, int],
-) -> None:
+def report(runs: list[Measured], sizes: tuple[int, int], loads: list[float]) -> None:
     files, size = sizes
+    submits = [r.submit for r in runs]
+    floors = [r.floor for r in runs]
     print(
-        f"APTG plan 03 over SSH to 127.0.0.1, {len(submits)} repetitions, "
-        f"bundle {files} files {size / 1e6:.1f} MB"
+        f"APTG plan 03 over SSH to 127.0.0.1, {len(runs)} repetitions, bundle {files} files "
+        f"{size / 1e6:.1f} MB; load average (1 min) {min(loads):.2f} to {max(loads):.2f} "
+        f"on {os.cpu_count()} cpus"
     )
     print(
-        f"  submit (Submitter.submit, first submission): median {ms(med(submits))}"
+        f"  submit (Submitter.submit, first submission):     median {ms(med(submits))}"
         f"  (min {ms(min(submits))}, max {ms(max(submits))})"
     )
     print(
-        f"  floor  (1 connection + sftp + 3 sbatch):     median {ms(med(floors))}"
+        f"  floor (1 connection, TCP_NODELAY + sftp + 3 sbatch): median {ms(med(floors))}"
         f"  (min {ms(min(floors))}, max {ms(max(floors))})"
     )
     ratio = med(submits) / med(floors)
     verdict = "ok" if ratio <= TARGET_RATIO else "ABOVE TARGET"
     print(f"  ratio submit/floor: {ratio:.2f}  (target <= {TARGET_RATIO}: {verdict})")
+    print(
+        f"  CPU time of this process (all threads): submit {ms(med([r.cpu for r in runs]))},"
+        f" floor {ms(med([r.floor_parts['cpu'] for r in runs]))}  (the rest of the wall time is"
+        " waiting: on the network, sshd, Slurm, and the CPU when the machine is busy)"
+    )
+    counted = [r.counted for r in runs]
     print("SSH connections per submit (target 1):")
     print(f"  SSHTransport.connections_opened: {sorted({c[0] for c in counted})}")
     print(f"  paramiko sessions started in this process: {sorted({c[1] for c in counted})}")
@@ -463,47 +478,34 @@ def report(
             f"  sshd 'Accepted publickey' for those client ports: {sorted({c[2] for c in counted})}"
             f"  (other logins in the same windows: {sum(c[3] or 0 for c in counted)})"
         )
-    print("where the submit's time goes (medians):")
-    keys = ["ssh connect (inside the first command)", "survey", "upload", "submit", "run"]
+    print("inside the submit (medians; 'starts' is after the submit began):")
     names = {
-        "survey": "survey round trip (squeue + sacct by name + remote sha256; incl. connect)",
-        "upload": "upload (mkdir -p + sftp of the bundle)",
+        "survey": "survey (squeue [+ sacct] by name + remote sha256 listing; incl. connect)",
+        "upload": "upload (one tar stream: mkdir, unpack, sizes)",
         "submit": "submit round trip (rename + submit.sh: 3 sbatch)",
         "run": "other remote commands",
-        "ssh connect (inside the first command)": "  of which ssh connect",
     }
-    network = 0.0
-    for key in keys:
-        values = [ops.get(key, 0.0) for ops in inside]
-        if any(values):
-            print(f"  {names[key]:<78} {ms(med(values))}")
-            if key != "ssh connect (inside the first command)":
-                network += med(values)
-    local_total = 0.0
-    for key in locals_[0]:
-        value = med([steps[key] for steps in locals_])
-        local_total += value
-        print(f"  {key + ' (timed on its own)':<78} {ms(value)}")
-    rest = med(submits) - network - local_total
-    print(f"  {'remainder (store writes, locks, events; by difference)':<78} {ms(rest)}")
+    for kind, label in names.items():
+        began = [op.began for r in runs for op in r.ops if op.kind == kind]
+        took = [sum(op.seconds for op in r.ops if op.kind == kind) for r in runs]
+        if began:
+            print(f"  {label:<74} starts {ms(med(began))}, takes {ms(med(took))}")
+    print(f"  {'  of which the ssh connect':<74} {'':14}takes {ms(med([r.connect for r in runs]))}")
+    after = [
+        r.submit - max(op.began + op.seconds for op in r.ops if op.kind == "submit")
+        for r in runs
+        if any(op.kind == "submit" for op in r.ops)
+    ]
+    print(
+        f"  {'after the submit round trip (the store records the chain)':<74} {'':14}takes {ms(med(after))}"
+    )
+    print("the local steps, each timed on its own (medians):")
+    for key in runs[0].local_steps:
+        value = med([r.local_steps[key] for r in runs])
+        print(f"  {key:<74} {ms(value)}")
     print("the floor's parts (medians):")
     for key in ("connect", "upload", "submit"):
-        print(f"  {key:<78} {ms(med([p[key] for p in floor_parts]))}")
-    print(
-        f"  network part of the submit / floor: {network / med(floors):.2f};"
-        f" submit without the local steps / floor: {(med(submits) - local_total) / med(floors):.2f}"
-    )
-
-
-def report_tuned(submits: list[float], tuned: list[float], parts: list[dict[str, float]]) -> None:
-    """The same floor with TCP_NODELAY on its socket: what the network path costs without
-    Nagle/delayed-ACK stalls (informational: the submit does not set it)."""
-    print("the same floor with TCP_NODELAY set on its socket (informational):")
-    print(
-        f"  median {ms(med(tuned))}: connect {ms(med([p['connect'] for p in parts]))},"
-        f" upload {ms(med([p['upload'] for p in parts]))}, submit {ms(med([p['submit'] for p in parts]))};"
-        f" ratio submit/this floor: {med(submits) / med(tuned):.2f}"
-    )
+        print(f"  {key:<74} {ms(med([r.floor_parts[key] for r in runs]))}")
 
 
 def cleanup(admin: SSHTransport, job_ids: list[str], names: list[str], remote_root: str) -> None:

@@ -17,6 +17,9 @@ Layout of a bundle (paths relative to its root)::
     jobs/prepare.sbatch jobs/simulate.sbatch jobs/post.sbatch jobs/submit.sh
     logs/                    Slurm output files
     results/                 RT Dose files and summary.json, written by the post job
+    .local/ct_sources.json   workstation only, never uploaded: the sha256 of each CT
+                             slice's source file, so that the next render of the case
+                             reuses the int16 slices whose source did not change
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ RESULTS_DIR = "results"
 SUMMARY_NAME = "summary.json"
 QA_CONFIG_NAME = "qa_config.json"  # the `qa:` config the post job compares with
 EXIT_CODE_NAME = "exit_code"
+LOCAL_DIR = ".local"  # what the workstation keeps in a bundle for itself; never uploaded
+CT_SOURCES_NAME = f"{LOCAL_DIR}/ct_sources.json"
 
 
 class _Strict(BaseModel):

@@ -6,8 +6,13 @@ The bundle (layout in :mod:`mqi.bundle`) needs nothing else once copied to the c
 ``log_0001.csv``...; the original names are returned in ``RenderedBundle.delivery_logs``
 and never leave the workstation), ``beams/<number>/moqui_tps.in``,
 ``jobs/{prepare,simulate,post}.sbatch``, ``jobs/submit.sh``, ``jobs/checksums.sha256``
-and ``manifest.json`` (opaque ids and numbers only). Only files intake classified are
-copied. The bundle is private (folders 0700, files 0600) and built in a staging folder
+and ``manifest.json`` (opaque ids and numbers only), and, for the workstation only,
+``.local/ct_sources.json``. Only files intake classified are copied.
+
+Rewriting the CT as int16 is most of a render's time. A render over an earlier bundle of
+the case reuses each int16 slice whose source file has the same sha256 as when that slice
+was made (and whose own sha256 is still the one that render recorded); any other slice is
+converted again. The bundle is private (folders 0700, files 0600) and built in a staging folder
 that SIGTERM/SIGHUP remove and the next render sweeps after a SIGKILL.
 
 Rendering is pure and deterministic: the same case and config give a byte-identical
@@ -32,7 +37,11 @@ The ``#SBATCH`` lines and submit.sh's sbatch command lines come from :mod:`mqi.s
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
+import itertools
+import json
 import os
 import re
 import secrets
@@ -48,15 +57,20 @@ from typing import Any
 import jinja2
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 
 from mqi import moqui_params
 from mqi import slurm as slurm_syntax
 from mqi.bundle import (
+    CT_SOURCES_NAME,
     MANIFEST_NAME,
     QA_CONFIG_NAME,
     Manifest,
     ManifestBeam,
     ManifestGrid,
+    read_manifest,
     sha256_file,
     write_manifest,
 )
@@ -313,28 +327,162 @@ def _shift_to_int16(ds: pydicom.Dataset, label: str) -> None:
 def write_ct_slice(src: Path, dst: Path, label: str) -> bool:
     """Copy one CT slice; rewrite it as signed int16 explicit VR little endian when it is
     not already plain little-endian signed 16-bit. True when rewritten."""
-    ds = pydicom.dcmread(src)
+    return _write_ct_bytes(src.read_bytes(), dst, label)
+
+
+def _write_ct_bytes(data: bytes, dst: Path, label: str, *, splice: bool = True) -> bool:
+    """:func:`write_ct_slice` from the slice file's bytes. ``splice``: an explicit VR little
+    endian source gets only its changed elements written (see :func:`_spliced`)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) or None
+    # before any value is read: reading turns an element into a decoded one, without its place
+    spans = _spans(ds, data) if splice and syntax == pydicom.uid.ExplicitVRLittleEndian else None
     if ds.get("PixelRepresentation") == 1 and ds.get("BitsAllocated") == 16 and is_plain(syntax):
-        shutil.copyfile(src, dst)
+        dst.write_bytes(data)
         return False
     _shift_to_int16(ds, label)
-    # force_encoding: a big-endian or deflated source is written as explicit VR little endian
-    pydicom.dcmwrite(dst, ds, implicit_vr=False, little_endian=True, force_encoding=True)
+    spliced = _spliced(data, ds, spans) if spans is not None else None
+    if spliced is not None:
+        dst.write_bytes(spliced)
+    else:
+        # force_encoding: a big-endian or deflated source is written as explicit VR little endian
+        pydicom.dcmwrite(dst, ds, implicit_vr=False, little_endian=True, force_encoding=True)
     return True
 
 
-def _copy_ct(case: Case, input_dir: Path) -> bool:
-    normalised = False
+# The elements _shift_to_int16 writes or removes; a source without one of the first six is
+# rewritten by pydicom as a whole (the element would have to be inserted).
+_REWRITTEN = (0x00280100, 0x00280101, 0x00280102, 0x00280103, 0x00281052, 0x00281053, 0x7FE00010)
+_REMOVED = (0x00280106, 0x00280107, 0x00280108, 0x00280109, 0x00280120, 0x00280121)
+_GROUP_LENGTHS = (0x00280000, 0x7FE00000)  # would change with the group
+_LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+
+
+def _spans(ds: pydicom.Dataset, data: bytes) -> dict[int, tuple[int, int]] | None:
+    """Where each element :func:`_shift_to_int16` touches lies in ``data`` (undecoded, in
+    tag order, not overlapping); None when the slice is not that simple."""
+    if any(tag in ds for tag in _GROUP_LENGTHS):
+        return None
+    spans: dict[int, tuple[int, int]] = {}
+    for tag in (*_REWRITTEN, *_REMOVED):
+        if tag not in ds:
+            if tag in _REWRITTEN:
+                return None
+            continue
+        elem = ds.get_item(tag)
+        if not isinstance(elem, RawDataElement) or elem.is_buffered or elem.VR is None:
+            return None
+        if elem.value_tell is None or elem.length == 0xFFFFFFFF or elem.is_implicit_VR:
+            return None
+        header = 12 if elem.VR in _LONG_HEADER_VRS else 8
+        spans[tag] = (elem.value_tell - header, elem.value_tell + elem.length)
+    ordered = [spans[tag] for tag in sorted(spans)]
+    if ordered[0][0] < 132 or ordered[-1][1] > len(data):
+        return None
+    if any(end > start for (_, end), (start, _) in itertools.pairwise(ordered)):
+        return None
+    return spans
+
+
+def _spliced(data: bytes, ds: pydicom.Dataset, spans: dict[int, tuple[int, int]]) -> bytes | None:
+    """The rewritten slice: ``data`` with each touched element replaced by its new encoding
+    (the same encoder pydicom's writer uses) or left out; every other byte as it was."""
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    position = 0
+    try:
+        for tag in sorted(spans):
+            start, end = spans[tag]
+            out.write(data[position:start])
+            if tag in ds:
+                write_data_element(out, ds.get_item(tag))
+            position = end
+    except Exception:  # anything pydicom's writer refuses: it writes the whole file instead
+        return None
+    out.write(data[position:])
+    return out.getvalue()
+
+
+# Part of the key of a reused slice: a change to the conversion (or to pydicom, which
+# writes the file) never reuses a slice converted the old way.
+_CT_CONVERSION = f"int16-1/pydicom-{pydicom.__version__}"
+
+
+@dataclass(frozen=True)
+class EarlierSlice:
+    """A CT slice an earlier render wrote: its file, whether it was rewritten, its sha256."""
+
+    path: Path
+    rewritten: bool
+    digest: str
+
+
+def earlier_ct(bundle: Path) -> dict[str, EarlierSlice]:
+    """The CT slices of the bundle already at ``bundle`` (an earlier render of the case),
+    by the sha256 of the source file each was made from; empty when there is none or its
+    record does not match this conversion."""
+    try:
+        record = json.loads((bundle / CT_SOURCES_NAME).read_text(encoding="utf-8"))
+        files = read_manifest(bundle).files
+    except (OSError, ValueError):  # absent, unreadable, or not this format
+        return {}
+    if not isinstance(record, dict) or record.get("conversion") != _CT_CONVERSION:
+        return {}
+    found: dict[str, EarlierSlice] = {}
+    slices = record.get("slices")
+    for name, entry in slices.items() if isinstance(slices, dict) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str) or name not in files:
+            continue
+        if not name.startswith("input/CT_") or "/" in name.removeprefix("input/"):
+            continue
+        found[entry["source"]] = EarlierSlice(bundle / name, bool(entry.get("rewritten")), files[name])
+    return found
+
+
+def _reuse(earlier: EarlierSlice, dst: Path) -> bool:
+    """Put an earlier slice at ``dst`` (a hard link, else a copy) if its content is still
+    what that render wrote; False when it is not (it is converted again then)."""
+    try:
+        if sha256_file(earlier.path) != earlier.digest:
+            return False
+        try:
+            os.link(earlier.path, dst)
+        except OSError:
+            shutil.copyfile(earlier.path, dst)
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class CopiedCT:
+    normalised: bool = False
+    slices: dict[str, dict[str, Any]] = field(default_factory=dict)  # bundle name -> source, rewritten
+    digests: dict[str, str] = field(default_factory=dict)  # bundle name -> sha256, for reused slices
+
+
+def _copy_ct(case: Case, input_dir: Path, earlier: Mapping[str, EarlierSlice]) -> CopiedCT:
+    copied = CopiedCT()
     for index, src in enumerate(case.ct.files):
         label = f"slice {index} ({shell_quote_path(src.name)})"
+        dst = input_dir / f"CT_{index:04d}.dcm"
+        name = f"input/{dst.name}"
         try:
-            normalised |= write_ct_slice(src, input_dir / f"CT_{index:04d}.dcm", label)
+            data = src.read_bytes()
+            source = hashlib.sha256(data).hexdigest()
+            reused = earlier.get(source)
+            if reused is not None and _reuse(reused, dst):
+                rewritten = reused.rewritten
+                copied.digests[name] = reused.digest
+            else:
+                rewritten = _write_ct_bytes(data, dst, label)
         except (RenderError, OSError):
             raise
         except Exception as err:  # intake read the same file; this is a file it could not vet
             raise RenderError(f"CT {label}: cannot be rewritten ({type(err).__name__}: {err})") from None
-    return normalised
+        copied.normalised |= rewritten
+        copied.slices[name] = {"source": source, "rewritten": rewritten}
+    return copied
 
 
 def _tps_name(dose: TPSDose, taken: set[str]) -> str:
@@ -409,17 +557,17 @@ def _copy_logs(case: Case, root: Path) -> dict[str, str]:
     return mapping
 
 
-def _copy_inputs(case: Case, root: Path) -> tuple[bool, list[str]]:
-    """input/ (CT, plan, structures) and tps/; returns (normalised, tps)."""
+def _copy_inputs(case: Case, root: Path, earlier: Mapping[str, EarlierSlice]) -> tuple[CopiedCT, list[str]]:
+    """input/ (CT, plan, structures) and tps/; returns (the CT, tps)."""
     input_dir, tps_dir = root / "input", root / "tps"
     input_dir.mkdir()
     tps_dir.mkdir()
-    normalised = _copy_ct(case, input_dir)
+    ct = _copy_ct(case, input_dir, earlier)
     write_plan(case.plan.path, input_dir / "RTPLAN.dcm")
     if case.structure_set is not None:
         shutil.copyfile(case.structure_set.path, input_dir / "RTSTRUCT.dcm")
     tps = _copy_tps(case, tps_dir)
-    return normalised, tps
+    return ct, tps
 
 
 # --- job scripts ------------------------------------------------------------------------
@@ -433,11 +581,29 @@ def _words(key: str, command: str | None) -> list[str]:
 
 
 def _template_env(template_dir: Path | None) -> jinja2.Environment:
+    """The job-script templates: the site folder's first, then the built-in ones. One
+    environment per state of the site folder (names, sizes, times), so that a long-running
+    mqi (scan, run) compiles each template once and still sees a site template that was
+    added, changed or removed."""
+    if template_dir is None:
+        return _environment(None, ())
+    if not template_dir.is_dir():
+        raise RenderError(f"slurm.template_dir: {template_dir} is not a folder")
+    try:
+        state = tuple(
+            sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(template_dir))
+        )
+    except OSError as err:
+        reason = err.strerror or err
+        raise RenderError(f"slurm.template_dir: {template_dir} cannot be read: {reason}") from None
+    return _environment(str(template_dir), state)
+
+
+@functools.lru_cache(maxsize=16)
+def _environment(template_dir: str | None, _state: tuple[tuple[str, int, int], ...]) -> jinja2.Environment:
     loaders: list[jinja2.BaseLoader] = []
     if template_dir is not None:
-        if not template_dir.is_dir():
-            raise RenderError(f"slurm.template_dir: {template_dir} is not a folder")
-        loaders.append(jinja2.FileSystemLoader(str(template_dir)))
+        loaders.append(jinja2.FileSystemLoader(template_dir))
     loaders.append(jinja2.FileSystemLoader(str(BUILTIN_TEMPLATES)))
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
@@ -527,10 +693,16 @@ def _make_private(root: Path) -> None:
             os.chmod(path, SCRIPT_MODE if os.stat(path).st_mode & 0o100 else FILE_MODE)
 
 
-def _checksums(root: Path) -> dict[str, str]:
+def _checksums(root: Path, known: Mapping[str, str]) -> dict[str, str]:
+    """sha256 of every input file; ``known``: sums already checked (reused CT slices)."""
     tops = ("input", "tps", "delivery_logs", "beams", "jobs")
     files = sorted(p for top in tops if (root / top).is_dir() for p in (root / top).rglob("*"))
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files if p.is_file()}
+    sums = {}
+    for path in files:
+        if path.is_file():
+            name = path.relative_to(root).as_posix()
+            sums[name] = known.get(name) or sha256_file(path)
+    return sums
 
 
 def _manifest(
@@ -574,11 +746,16 @@ def _manifest(
 
 
 def _fill(
-    root: Path, case: Case, config: Config, engine: EngineSettings, scripts: dict[str, str]
+    root: Path,
+    case: Case,
+    config: Config,
+    engine: EngineSettings,
+    scripts: dict[str, str],
+    earlier: Mapping[str, EarlierSlice],
 ) -> tuple[Manifest, dict[str, str]]:
     """Write every file of the bundle into ``root``; returns the manifest and the
     delivery-log name mapping."""
-    normalised, tps = _copy_inputs(case, root)
+    ct, tps = _copy_inputs(case, root, earlier)
     logs = _copy_logs(case, root)
     for beam in case.beams:
         text = moqui_input_text(case.case_uid, beam.number, engine)
@@ -587,10 +764,12 @@ def _fill(
         _write(root / "jobs" / name, text, SCRIPT_MODE)
     _write(root / QA_CONFIG_NAME, config.qa.model_dump_json(indent=2) + "\n")
     (root / "logs").mkdir()
-    files = _checksums(root)
+    files = _checksums(root, ct.digests)
     _write(root / CHECKSUMS_NAME, "".join(f"{h}  {p}\n" for p, h in sorted(files.items())))
-    manifest = _manifest(case, config, engine, normalised, tps, files)
+    manifest = _manifest(case, config, engine, ct.normalised, tps, files)
     write_manifest(root, manifest)
+    record = {"conversion": _CT_CONVERSION, "slices": ct.slices}
+    _write(root / CT_SOURCES_NAME, json.dumps(record, indent=1, sort_keys=True) + "\n")
     _make_private(root)
     return manifest, logs
 
@@ -694,13 +873,16 @@ def render_bundle(
     _check_target(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     sweep_stale_staging(out_dir.parent)
+    # The bundle already there (an earlier render of the case) lends its int16 CT slices
+    # where their source file is byte for byte the same.
+    earlier = earlier_ct(out_dir) if out_dir.is_dir() else {}
     # The name is chosen before the folder exists, so that a signal arriving just after
     # the mkdir still finds the folder inside the try that removes it.
     staging = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}{STAGING_SUFFIX}"
     with _terminate_cleanly():
         try:
             staging.mkdir(mode=DIR_MODE)
-            manifest, logs = _fill(staging, case, config, engine, scripts)
+            manifest, logs = _fill(staging, case, config, engine, scripts, earlier)
             _publish(staging, out_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -8,8 +8,9 @@ submitter killed between ``sbatch`` and its database write. And the upload goes
 to ``<uid>.partial`` and becomes ``<uid>`` by one rename just before submit.sh
 runs, so a half-uploaded case is never submittable.
 
-Round trips to the cluster for a new case: one query (Slurm + remote files),
-one ``mkdir`` and the SFTP upload, one command (rename + submit.sh).
+Round trips to the cluster for a new case: one query (Slurm + remote files), which runs
+in the background while the bundle renders; the upload, one tar stream over one channel;
+one command (rename + submit.sh).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from mqi.bundle import sha256_file
+from mqi.bundle import LOCAL_DIR, sha256_file
 from mqi.chain import Chain, find_chains, record_chain, remote_bundle_dir, submit_chain
 from mqi.clock import now_utc, parse_utc
 from mqi.config import Config
@@ -35,6 +37,7 @@ from mqi.intake.model import Problem
 from mqi.locks import case_lock_path, file_lock
 from mqi.render import RenderedBundle, RenderError, render_bundle
 from mqi.retrying import with_retries
+from mqi.slurm import JobRecord
 from mqi.slurm.backend import SlurmBackend, open_backend
 from mqi.store import Case as StoredCase
 from mqi.store import Store
@@ -89,6 +92,52 @@ class SubmitOutcome:
                 "seconds": round(self.upload.seconds, 3),
             },
         }
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What the cluster holds of a case before its upload: Slurm's records of its jobs (by
+    name) and where its bundle is (``final``, ``partial`` or ``none``) with the sha256 of
+    each file there."""
+
+    records: list[JobRecord]
+    remote_kind: str
+    remote_sums: dict[str, str]
+
+
+class Prefetch:
+    """Runs ``action`` once in a background thread; :meth:`take` gives its result the
+    first time (raising what it raised) and runs ``action`` again in the caller's thread
+    after that (a retry must see the cluster as it is then)."""
+
+    def __init__(self, action: Callable[[], Survey]) -> None:
+        self._action = action
+        self._result: Survey | None = None
+        self._error: BaseException | None = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._run, name="mqi-survey", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._action()
+        except BaseException as error:  # handed to the caller's thread by take()
+            self._error = error
+
+    def take(self) -> Survey:
+        if self._taken:
+            return self._action()
+        self._taken = True
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        assert self._result is not None
+        return self._result
+
+    def wait(self) -> None:
+        """Let the background call finish: the transport is not shared while it runs."""
+        self._thread.join()
 
 
 # -- the submitter ----------------------------------------------------------------------
@@ -174,11 +223,37 @@ class Submitter:
     ) -> SubmitOutcome:
         case = result.case
         assert case is not None
-        warnings = [w.message for w in result.warnings]
         stored = self.store.get_case(case.case_id)
         if stored and stored.status in SUBMITTED_STATES and not force:
             jobs = {job.step: job.job_id for job in self.store.list_jobs(case.case_id)}
             return SubmitOutcome(case.case_id, case.case_uid, stored.status, jobs, already=True)
+        remote = remote_bundle_dir(self.config, case.case_uid)
+        since = _since(stored)
+        known = stored is not None
+        # The cluster is asked about the case (connecting first) while the bundle renders.
+        survey = Prefetch(lambda: self._survey(case.case_uid, remote, since, known=known))
+        try:
+            return self._render_and_submit(case_dir, result, stored, survey, remote, priority, force)
+        except Exception:
+            # e.g. a rejected render: the caller may go on with this transport (mqi scan), so
+            # the survey must be over. (A submit that got as far as the upload took it already;
+            # an interrupt or a signal does not wait: the process is stopping.)
+            survey.wait()
+            raise
+
+    def _render_and_submit(
+        self,
+        case_dir: Path,
+        result: IntakeResult,
+        stored: StoredCase | None,
+        survey: Prefetch,
+        remote: str,
+        priority: str | None,
+        force: bool,
+    ) -> SubmitOutcome:
+        case = result.case
+        assert case is not None
+        warnings = [w.message for w in result.warnings]
         chosen_priority = (
             priority or (stored.priority if stored else None) or self.config.slurm.default_priority
         )
@@ -215,8 +290,7 @@ class Submitter:
         warnings += rendered.warnings
         _keep_log_names(self.config, case.case_uid, rendered)
         self.store.add_event(case.case_id, "case", case.case_id, "step", None, "rendered", str(bundle_dir))
-        remote = remote_bundle_dir(self.config, case.case_uid)
-        since = _since(stored)
+        local_files = bundle_checksums(rendered.path, known=rendered.manifest.files)
         beams = [{"number": b.number, "name": b.name, "array_index": i} for i, b in enumerate(case.beams)]
         try:
             outcome = with_retries(
@@ -224,9 +298,10 @@ class Submitter:
                     case.case_id,
                     case.case_uid,
                     rendered,
+                    local_files,
                     beams,
                     remote,
-                    since,
+                    survey.take,
                     force=force,
                     known=stored is not None,
                 ),
@@ -241,22 +316,32 @@ class Submitter:
         outcome.bundle_dir = bundle_dir
         return outcome
 
+    def _survey(self, case_uid: str, remote: str, since: datetime, *, known: bool) -> Survey:
+        """One round trip: the case's jobs in Slurm and a listing of its remote folder.
+        Only a case this store already recorded can have a finished chain of its own, so
+        for a case it never saw only a live chain counts (and sacct runs only if squeue
+        shows one)."""
+        records, listing = self.backend.case_jobs(
+            case_uid, since, also=bundle_listing_command(remote), live_only=not known
+        )
+        remote_kind, remote_sums = parse_bundle_listing(listing)
+        return Survey(records, remote_kind, remote_sums)
+
     def _upload_and_submit(
         self,
         case_id: str,
         case_uid: str,
         rendered: RenderedBundle,
+        local_files: dict[str, str],
         beams: list[dict[str, Any]],
         remote: str,
-        since: datetime,
+        survey: Callable[[], Survey],
         *,
         force: bool,
         known: bool,
     ) -> SubmitOutcome:
-        local_files = bundle_checksums(rendered.path)
-        records, listing = self.backend.case_jobs(case_uid, since, also=bundle_listing_command(remote))
-        remote_kind, remote_sums = parse_bundle_listing(listing)
-        # Only a case this store already recorded can have a finished chain of its own.
+        found = survey()
+        records, remote_kind, remote_sums = found.records, found.remote_kind, found.remote_sums
         chain, strays = find_chains(records, case_uid, live_only=not known)
         if force and (chain or strays):
             live = strays + ([job for job in chain.ids().values() if job] if chain else [])
@@ -324,13 +409,17 @@ class Submitter:
         self.store.add_event(case_id, "case", case_id, "step", None, "cancelled-jobs", f"{job_ids}: {reason}")
 
 
-def bundle_checksums(bundle: Path) -> dict[str, str]:
-    """sha256 of every file of a rendered bundle, by relative path."""
-    return {
-        str(path.relative_to(bundle)): sha256_file(path)
-        for path in sorted(bundle.rglob("*"))
-        if path.is_file()
-    }
+def bundle_checksums(bundle: Path, known: Mapping[str, str] | None = None) -> dict[str, str]:
+    """sha256 of every file of a rendered bundle that goes to the cluster (all but the
+    workstation's own ``.local/``), by relative path; ``known`` gives sums already computed
+    (the manifest's, written by the same render) for the files it names."""
+    known = known or {}
+    sums = {}
+    for path in sorted(bundle.rglob("*")):
+        name = path.relative_to(bundle).as_posix()
+        if path.is_file() and name.partition("/")[0] != LOCAL_DIR:
+            sums[name] = known.get(name) or sha256_file(path)
+    return sums
 
 
 def _since(stored: StoredCase | None) -> datetime:

@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -323,6 +324,19 @@ def unsigned_short(dataset: Dataset, tag: int) -> int | None:
         return int(elem.value)
     except (TypeError, ValueError):
         return None
+
+
+def float32_values(dataset: Dataset, tag: int) -> np.ndarray | None:
+    """An FL element's values straight from its undecoded bytes; None when it is absent,
+    already decoded, of another VR or of a length that is not whole floats (the caller
+    then reads it through pydicom)."""
+    elem = _raw(dataset, tag)
+    if not isinstance(elem, RawDataElement) or elem.VR not in ("FL", None) or elem.value is None:
+        return None
+    value = elem.value
+    if not isinstance(value, bytes) or len(value) % 4:
+        return None
+    return np.frombuffer(value, dtype="<f4" if elem.is_little_endian else ">f4")
 
 
 def value_bytes(dataset: Dataset, tag: int) -> int | None:

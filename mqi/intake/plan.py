@@ -12,10 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from mqi.intake.codes import Code
-from mqi.intake.dicomio import Header, number_or_nan, text, value_bytes
+from mqi.intake.dicomio import Header, float32_values, number_or_nan, text, value_bytes
 from mqi.intake.discover import Inventory
 from mqi.intake.model import Beam, EnergyLayer, Plan
 from mqi.intake.problems import Problems, listing
@@ -318,6 +319,15 @@ def _float_list(point: Dataset, keyword: str) -> list[float]:
     return [as_float(v) for v in value]
 
 
+def _spot_floats(point: Dataset, keyword: str, tag: int) -> np.ndarray:
+    """:func:`_float_list` as a float64 array; a plain FL value is read from its bytes in
+    one step (a plan holds tens of thousands of spot values)."""
+    found = float32_values(point, tag)
+    if found is not None:
+        return found.astype(np.float64)
+    return np.array(_float_list(point, keyword), dtype=np.float64)
+
+
 def _check_cumulative(item: Dataset, points: list[Dataset], label: str, problems: Problems) -> None:
     """The cumulative meterset weights: finite, from 0 up to FinalCumulativeMetersetWeight,
     each step the sum of the spot weights delivered over it; some weight delivered."""
@@ -329,7 +339,7 @@ def _check_cumulative(item: Dataset, points: list[Dataset], label: str, problems
             f"{label}: CumulativeMetersetWeight or FinalCumulativeMetersetWeight is not a finite number",
         )
         return
-    weights = [sum(_float_list(p, "ScanSpotMetersetWeights")) for p in points]
+    weights = [_weights_sum(p) for p in points]
     if final <= 0 or sum(weights) <= 0:
         problems.error(
             Code.BEAM_NO_DELIVERABLE_WEIGHT,
@@ -471,14 +481,14 @@ def _or(value: float | None, default: float | None) -> float | None:
 
 
 def _check_spot_values(point: Dataset, k: int, issues: _PairIssues) -> None:
-    weights = _float_list(point, "ScanSpotMetersetWeights")
-    bad = [w for w in weights if not (math.isfinite(w) and w >= 0)]
-    if bad:
-        issues.weights.append(f"control point {k}: {bad[0]:g}")
-    positions = _float_list(point, "ScanSpotPositionMap")
-    far = [v for v in positions if not (math.isfinite(v) and abs(v) <= MAX_SPOT_POSITION_MM)]
-    if far:
-        issues.positions.append(f"control point {k}: {far[0]:g}")
+    weights = _spot_floats(point, "ScanSpotMetersetWeights", SCAN_SPOT_METERSET_WEIGHTS)
+    bad = weights[~(np.isfinite(weights) & (weights >= 0))]
+    if bad.size:
+        issues.weights.append(f"control point {k}: {float(bad[0]):g}")
+    positions = _spot_floats(point, "ScanSpotPositionMap", SCAN_SPOT_POSITION_MAP)
+    far = positions[~(np.isfinite(positions) & (np.abs(positions) <= MAX_SPOT_POSITION_MM))]
+    if far.size:
+        issues.positions.append(f"control point {k}: {float(far[0]):g}")
 
 
 def _check_spot_arrays(point: Dataset, k: int, spots: int, issues: _PairIssues) -> None:
@@ -494,4 +504,4 @@ def _check_spot_arrays(point: Dataset, k: int, spots: int, issues: _PairIssues) 
 
 
 def _weights_sum(point: Dataset) -> float:
-    return float(sum(_float_list(point, "ScanSpotMetersetWeights")))
+    return float(sum(_spot_floats(point, "ScanSpotMetersetWeights", SCAN_SPOT_METERSET_WEIGHTS).tolist()))

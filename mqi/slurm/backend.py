@@ -56,7 +56,9 @@ class SlurmBackend(Protocol):
 
     def query(self, job_ids: Iterable[str], since: datetime, *, gpus: bool = False) -> QueryAnswer: ...
 
-    def case_jobs(self, case_uid: str, since: datetime, *, also: str = "") -> tuple[list[JobRecord], str]: ...
+    def case_jobs(
+        self, case_uid: str, since: datetime, *, also: str = "", live_only: bool = False
+    ) -> tuple[list[JobRecord], str]: ...
 
     def live_jobs(self) -> list[JobRecord]: ...
 
@@ -108,10 +110,14 @@ class CliBackend:
         answer.partitions = partitions
         return answer
 
-    def case_jobs(self, case_uid: str, since: datetime, *, also: str = "") -> tuple[list[JobRecord], str]:
+    def case_jobs(
+        self, case_uid: str, since: datetime, *, also: str = "", live_only: bool = False
+    ) -> tuple[list[JobRecord], str]:
         """A case's jobs by name (squeue and sacct), and the output of ``also`` run in the
-        same round trip (e.g. a listing of the case's remote folder)."""
-        command = commands.case_jobs_command(case_uid, since)
+        same round trip (e.g. a listing of the case's remote folder). ``live_only``: the
+        caller looks only for a live chain; sacct then runs only when squeue shows a job
+        of the case (finished jobs of a live chain still come back)."""
+        command = commands.case_jobs_command(case_uid, since, live_only=live_only)
         if also:
             command += f"; echo {commands.SECTION}; {also}"
         result = self.transport.run(command, timeout=120)

@@ -138,9 +138,22 @@ def with_gpu_usage(command: str) -> str:
     return f"{{ {command}; }}; rc=$?; echo {SECTION}; {gpu_usage_command()} 2>/dev/null; exit $rc"
 
 
-def case_jobs_command(case_uid: str, since: datetime) -> str:
-    """A case's jobs by name: squeue, a separator, sacct (one round trip, for adoption)."""
-    return f"{squeue_command()}; echo {SECTION}; {sacct_by_names_command(case_uid, since)} 2>/dev/null"
+def case_jobs_command(case_uid: str, since: datetime, *, live_only: bool = False) -> str:
+    """A case's jobs by name: squeue, a separator, sacct (one round trip, for adoption).
+
+    ``live_only``: the caller needs the case's jobs only when one of them is still live,
+    and every live job is in squeue; sacct (a slurmdbd query, the slow part) then runs only
+    when squeue lists a job of the case, or squeue itself failed.
+    """
+    sacct = f"{sacct_by_names_command(case_uid, since)} 2>/dev/null"
+    if not live_only:
+        return f"{squeue_command()}; echo {SECTION}; {sacct}"
+    mine = quote(f"|{job_name(case_uid, '')}")
+    return (
+        f'q=$({squeue_command()}); rc=$?; if [ -n "$q" ]; then printf \'%s\\n\' "$q"; fi; '
+        f"echo {SECTION}; "
+        f"if [ $rc -ne 0 ] || printf '%s\\n' \"$q\" | grep -qF -e {mine}; then {sacct}; fi"
+    )
 
 
 # -- job script directives and submit.sh lines (rendered into the bundle) ---------------

@@ -571,19 +571,23 @@ class PyslurmBackend:
             filters["users"] = [self.user]
         return self.pyslurm.db.Jobs.load(self.pyslurm.db.JobFilter(**filters)).values()
 
-    def case_jobs(self, case_uid: str, since: datetime, *, also: str = "") -> tuple[list[JobRecord], str]:
+    def case_jobs(
+        self, case_uid: str, since: datetime, *, also: str = "", live_only: bool = False
+    ) -> tuple[list[JobRecord], str]:
         """This user's live jobs and a case's jobs in accounting by name, as the command
-        line's squeue and sacct --name; and the output of ``also`` (run locally)."""
+        line's squeue and sacct --name; and the output of ``also`` (run locally).
+        ``live_only``: accounting is asked only when a job of the case is live."""
         try:
             self._check_version()
             live = ctld_records(self.pyslurm.Jobs.load().values(), uid=self.uid)
         except self.pyslurm.RPCError as error:
             raise self._error("cannot query the cluster", error) from None
-        try:
-            names = [job_name(case_uid, step) for step in STEPS]
-            finished = db_records(self._db_jobs(start=since - timedelta(minutes=5), names=names))
-        except (self.pyslurm.RPCError, ValueError):
-            finished = []  # as the command line: sacct's failure leaves squeue's answer
+        names = [job_name(case_uid, step) for step in STEPS]
+        finished: list[JobRecord] = []
+        if not live_only or any(record.name in names for record in live):
+            # As the command line: sacct's failure leaves squeue's answer.
+            with contextlib.suppress(self.pyslurm.RPCError, ValueError):
+                finished = db_records(self._db_jobs(start=since - timedelta(minutes=5), names=names))
         listing = ""
         if also:
             result = self.transport.run(also, timeout=120)

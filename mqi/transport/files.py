@@ -7,7 +7,14 @@ Slurm call; ``RemoteFiles`` is for operations that stand alone.
 
 from __future__ import annotations
 
-from mqi.errors import OperationalError
+import os
+import stat
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from mqi.errors import OperationalError, TransportError
 from mqi.shell import quote
 from mqi.transport.base import Transport
 
@@ -54,6 +61,64 @@ def publish_command(remote: str, *, from_partial: bool) -> str:
 def remove_command(path: str) -> str:
     """Removes one file (ends with ``&&``)."""
     return f"rm -f {quote(path)} && "
+
+
+@dataclass
+class TarChunk:
+    """A piece of a tar stream: its bytes, how many of them are file content, and the
+    files (name, size) whose content ends in it."""
+
+    data: bytes
+    content_bytes: int = 0
+    finished: list[tuple[str, int]] = field(default_factory=list)
+
+
+def tar_stream(local_root: Path, names: Iterable[str], chunk: int = 1 << 18) -> Iterator[TarChunk]:
+    """A POSIX tar archive of ``local_root/<name>`` for each name, in chunks of about
+    ``chunk`` bytes: regular files only, each under its bundle-relative name with its own
+    mode bits and no owner names. Raises TransportError for a name that is not a plain
+    relative path or a file that is not a regular file or shrinks while it is read."""
+    buffer = bytearray()
+    piece = TarChunk(b"")
+    for name in names:
+        parts = PurePosixPath(name).parts
+        if not parts or PurePosixPath(name).is_absolute() or ".." in parts or name != "/".join(parts):
+            raise TransportError(f"{name!r} is not a relative path inside the bundle")
+        path = local_root / name
+        try:  # a symbolic link is never followed, a FIFO never waited on
+            handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
+        except OSError as err:
+            raise TransportError(f"cannot read {path}: {err.strerror or err}") from None
+        with handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise TransportError(f"{path} is not a regular file")
+            header = tarfile.TarInfo(name)
+            header.size = info.st_size
+            header.mode = stat.S_IMODE(info.st_mode)
+            header.mtime = int(info.st_mtime)
+            header.uname = header.gname = ""
+            buffer += header.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            remaining = info.st_size
+            while remaining:
+                try:
+                    block = handle.read(min(chunk, remaining))
+                except OSError as err:
+                    raise TransportError(f"cannot read {path}: {err.strerror or err}") from None
+                if not block:
+                    raise TransportError(f"{path} changed while it was being sent")
+                buffer += block
+                piece.content_bytes += len(block)
+                remaining -= len(block)
+                if len(buffer) >= chunk:
+                    piece.data = bytes(buffer)
+                    yield piece
+                    buffer, piece = bytearray(), TarChunk(b"")
+        buffer += bytes(-info.st_size % tarfile.BLOCKSIZE)
+        piece.finished.append((name, info.st_size))
+    buffer += bytes(2 * tarfile.BLOCKSIZE)  # the end-of-archive marker
+    piece.data = bytes(buffer)
+    yield piece
 
 
 class RemoteFiles:

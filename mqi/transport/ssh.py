@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import stat
 import time
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -13,6 +12,7 @@ from mqi.config import ClusterConfig
 from mqi.errors import TransportError
 from mqi.shell import quote
 from mqi.transport.base import CommandResult, Progress, TransferStats
+from mqi.transport.files import tar_stream
 
 
 class SSHTransport:
@@ -141,39 +141,63 @@ class SSHTransport:
     def put_files(
         self, local_root: Path, remote_root: str, names: Iterable[str], progress: Progress | None = None
     ) -> TransferStats:
+        """One tar stream over one channel: the remote side makes ``remote_root`` (umask 077:
+        patient data is private to the cluster user from the start), unpacks, and lists the
+        sizes it wrote, which must match what was sent. Per-file SFTP waits for several
+        round trips per file (open, write, close, stat); the stream waits for none."""
         import paramiko
 
         stats = TransferStats()
         start = time.monotonic()
-        names = list(names)
-        dirs = sorted({str(PurePosixPath(remote_root, name).parent) for name in names})
-        if dirs:
-            # Folders of patient data are private to the cluster user from the start.
-            mkdir = self.run("umask 077 && mkdir -p " + " ".join(quote(d) for d in dirs))
-            if not mkdir.ok:
-                raise TransportError(
-                    f"cannot create {remote_root} on the cluster: {mkdir.first_error_line()}"
-                )
-        sftp = self._sftp_client()
+        names = sorted(names)
+        if not names:
+            return stats
+        root = quote(remote_root)
+        command = (
+            f"umask 077 && mkdir -p {root} && tar -x --no-same-owner -f - -C {root} "
+            f"&& cd {root} && find . -type f -printf '%s %P\\0'"
+        )
         try:
-            for name in names:
-                source = local_root / name
-                target = str(PurePosixPath(remote_root, name))
-                sent = [0]
-
-                def callback(done: int, _total: int, sent: list[int] = sent) -> None:
-                    if progress:
-                        progress(done - sent[0])
-                    sent[0] = done
-
-                sftp.put(str(source), target, callback=callback)
-                mode = source.stat().st_mode
-                if mode & stat.S_IXUSR:
-                    sftp.chmod(target, stat.S_IMODE(mode))
-                stats.files_sent += 1
-                stats.bytes_sent += source.stat().st_size
+            channel = self._connect().client.get_transport().open_session(timeout=_CHANNEL_TIMEOUT)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise self._lost(err) from None
+        sent: dict[str, int] = {}
+        try:
+            channel.settimeout(_CHANNEL_TIMEOUT)
+            channel.exec_command(command)
+            for piece in tar_stream(local_root, names):  # a local file that cannot be read raises
+                try:
+                    channel.sendall(piece.data)
+                except OSError:
+                    if channel.exit_status_ready():  # the remote side ended first: its error says why
+                        break
+                    raise
+                sent.update(piece.finished)
+                if progress and piece.content_bytes:
+                    progress(piece.content_bytes)
+            else:
+                channel.shutdown_write()
+            stdout, stderr = _drain(channel)
+            status = channel.recv_exit_status()
         except (OSError, paramiko.SSHException, EOFError) as err:
             raise self._lost(err) from None
+        finally:
+            channel.close()
+        if status == -1:  # the channel closed without an exit status: the link broke
+            raise self._lost(EOFError("the upload channel closed early"))
+        if status != 0:
+            said = CommandResult(command, status, "", stderr).first_error_line()
+            raise TransportError(f"cannot write {remote_root} on the cluster: {said}")
+        written = _sizes(stdout)
+        wrong = sorted(name for name, size in sent.items() if written.get(name) != size)
+        if wrong or len(sent) != len(names):
+            raise TransportError(
+                f"the upload to {remote_root} is incomplete ({len(wrong)} file(s) differ, e.g. "
+                f"{(wrong or names)[0]})",
+                transient=True,
+            )
+        stats.files_sent = len(sent)
+        stats.bytes_sent = sum(sent.values())
         stats.seconds = time.monotonic() - start
         return stats
 
@@ -210,6 +234,26 @@ class SSHTransport:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+_CHANNEL_TIMEOUT = 300.0  # seconds one send or receive on an upload channel may block
+
+
+def _drain(channel) -> tuple[bytes, str]:  # channel: paramiko.Channel
+    """Everything the remote command printed (stdout as bytes, stderr as text), to its end."""
+    out = channel.makefile("rb").read()
+    err = channel.makefile_stderr("rb").read()
+    return out, err.decode(errors="replace")
+
+
+def _sizes(listing: bytes) -> dict[str, int]:
+    """``find -printf '%s %P\\0'`` output -> {relative path: size}."""
+    sizes = {}
+    for entry in listing.split(b"\0"):
+        size, _, name = entry.partition(b" ")
+        if name and size.isdigit():
+            sizes[name.decode(errors="replace")] = int(size)
+    return sizes
 
 
 def _keyscan(port: int | None, host: str, known_hosts: Path) -> str:

@@ -19,6 +19,7 @@ import pytest
 from mqi.config import parse_config
 from mqi.intake import IntakeOptions, read_case
 from mqi.render import render_bundle, sweep_stale_staging
+from mqi.submit import bundle_checksums
 from mqi.testing.synthetic import SyntheticCase, build_case
 from tests.unit.intake_fixtures import build_small, edit
 
@@ -86,8 +87,13 @@ def test_no_name_from_the_case_reaches_the_bundle_outside_dicom(tmp_path: Path) 
         [f"logs_{MARKER}/{MARKER}_beam1.csv", f"logs_{MARKER}/{MARKER}_beam2.csv", f"{MARKER}_summary.csv"]
     )
     assert not any(p.suffix in (".txt", ".pdf") for p in files)
-    tops = {p.relative_to(root).parts[0] for p in files}
+    uploaded = set(bundle_checksums(root))
+    tops = {name.split("/")[0] for name in uploaded}
     assert tops <= {"input", "tps", "delivery_logs", "beams", "jobs", "manifest.json", "qa_config.json"}
+    # the rest stays on the workstation: the CT sources' sha256 for the next render
+    assert [
+        p.relative_to(root).as_posix() for p in files if p.relative_to(root).as_posix() not in uploaded
+    ] == [".local/ct_sources.json"]
 
 
 def test_bundle_is_private(tmp_path: Path) -> None:

@@ -268,6 +268,25 @@ def test_site_template_dir_overrides_one_template(tmp_path: Path) -> None:
     assert "stdbuf" in (bundle.path / "jobs/simulate.sbatch").read_text()  # built-in kept
 
 
+@needs_aptg
+def test_a_site_template_added_or_changed_later_is_used(tmp_path: Path) -> None:
+    """One process renders many cases (mqi scan, mqi run): templates are compiled once,
+    and a site template that appears or changes meanwhile is used from the next render."""
+    site = tmp_path / "site"
+    site.mkdir()
+    config = render_config(slurm={"template_dir": str(site)})
+    header = "#!/bin/bash\n{% for o in directives %}#SBATCH {{ o }}\n{% endfor %}"
+    posts = []
+    for index, text in enumerate([None, "echo site post one\n", "echo site post number two\n"]):
+        if text is not None:
+            (site / "post.sbatch").write_text(header + text)
+        bundle = render_bundle(aptg_case(), config, tmp_path / f"b{index}")
+        posts.append((bundle.path / "jobs/post.sbatch").read_text())
+    assert "site post" not in posts[0]
+    assert "echo site post one" in posts[1]
+    assert "echo site post number two" in posts[2]
+
+
 def test_broken_site_template_is_a_render_error(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
