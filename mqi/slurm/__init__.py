@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from mqi.slurm.commands import (
     DirectiveError,
+    RemoteQuery,
     accounting_command,
     case_jobs_command,
     directive,
@@ -20,6 +21,7 @@ from mqi.slurm.commands import (
     poll_query_command,
     sacct_by_names_command,
     sacct_commands,
+    sacct_id_lists,
     sbatch_command,
     sbatch_directives,
     sbatch_submit_lines,
@@ -32,9 +34,9 @@ from mqi.slurm.commands import (
     tools_command,
 )
 from mqi.slurm.names import (
+    ARGUMENT_MAX_BYTES,
     JOB_NAME_PREFIX,
     OUTPUT_PATTERNS,
-    SACCT_CHUNK,
     SACCT_FIELDS,
     SECTION,
     SQUEUE_FORMAT,
@@ -77,9 +79,9 @@ from mqi.slurm.states import (
 )
 
 __all__ = [
+    "ARGUMENT_MAX_BYTES",
     "JOB_NAME_PREFIX",
     "OUTPUT_PATTERNS",
-    "SACCT_CHUNK",
     "SACCT_FIELDS",
     "SECTION",
     "SQUEUE_FORMAT",
@@ -91,6 +93,7 @@ __all__ = [
     "JobRecord",
     "PartitionInfo",
     "Phase",
+    "RemoteQuery",
     "SlurmOutputError",
     "accounting_command",
     "array_size",
@@ -122,6 +125,7 @@ __all__ = [
     "poll_query_command",
     "sacct_by_names_command",
     "sacct_commands",
+    "sacct_id_lists",
     "sbatch_command",
     "sbatch_directives",
     "sbatch_submit_lines",

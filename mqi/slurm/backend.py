@@ -87,13 +87,14 @@ class CliBackend:
             raise OperationalError(str(error)) from None
 
     def query(self, job_ids: Iterable[str], since: datetime, *, gpus: bool = False) -> QueryAnswer:
-        """sacct and squeue for these jobs in one round trip, merged by job id (``gpus``: and
-        the GPUs per partition, in the same round trip)."""
-        command, count = commands.poll_query_command(job_ids, since)
+        """sacct and squeue for these jobs in one round trip (the ids on stdin), merged by
+        job id (``gpus``: and the GPUs per partition, in the same round trip)."""
+        query = commands.poll_query_command(job_ids, since)
+        command, count = query.command, query.slurm_commands
         if gpus:
             command, count = commands.with_gpu_usage(command), count + 1
         try:
-            result = self.transport.run(command, timeout=120)
+            result = self.transport.run(command, timeout=120, stdin=query.stdin)
         except TransportError as error:
             return QueryAnswer(None, count, error=f"cluster unreachable: {error}")
         partitions = None

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 
 from mqi import slurm
 from mqi.slurm import Phase
+from mqi.slurm.backend import read_query_answer
+from mqi.transport import CommandResult
 
 RECORDED = Path(__file__).parent / "recorded"
 
@@ -144,17 +148,121 @@ def test_unknown_state_is_never_terminal() -> None:
     assert phase not in slurm.TERMINAL and reason == "unknown Slurm state WEIRD"
 
 
-def test_sacct_commands_chunk_ids_and_bound_the_start_time() -> None:
+def test_sacct_id_lists_split_only_at_the_kernel_cap_on_one_argument() -> None:
+    # 5,000 tracked jobs (array tasks share their parent's id): one list, one sacct
+    ids = [str(i) for i in range(300000, 305000)] + ["300001_0", "300001_1"]
+    (one,) = slurm.sacct_id_lists(ids)
+    assert one.split(",") == [str(i) for i in range(300000, 305000)]
+    # 20,000 ids of 7 digits are 160 KB: two lists, each one argument sacct can be given
+    many = [str(i) for i in range(1000000, 1020000)]
+    lists = slurm.sacct_id_lists(many)
+    assert len(lists) == 2
+    assert all(len(ids.encode()) <= slurm.ARGUMENT_MAX_BYTES for ids in lists)
+    assert ",".join(lists).split(",") == many
+    assert slurm.sacct_id_lists([]) == []
+
+
+def test_sacct_commands_bound_the_start_time_and_fit_one_argument() -> None:
     since = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    commands = slurm.sacct_commands([str(i) for i in range(1, 2101)] + ["5_1", "5_2"], since)
-    assert len(commands) == 3
-    assert all(" -S " in command and "--parsable2" in command for command in commands)
-    assert "-j 1,2,3," in commands[0]
-    # just over one chunk: two equal calls (run side by side), not a full one and a stub
-    commands = slurm.sacct_commands([str(i) for i in range(1, 1003)], since)
-    assert [command.rsplit(" -j ", 1)[1].count(",") + 1 for command in commands] == [501, 501]
-    (one,) = slurm.sacct_commands([str(i) for i in range(1, 1001)], since)
-    assert one.endswith(",1000")
+    (one,) = slurm.sacct_commands([str(i) for i in range(1, 5001)] + ["5_1", "5_2"], since)
+    assert " -S 2026-01-01T11:55:00 " in one and "--parsable2" in one and one.startswith("TZ=UTC sacct")
+    assert one.endswith(" -j 1,2,3,4,5,6") is False and one.endswith(",4999,5000")
+    commands = slurm.sacct_commands([str(i) for i in range(1000000, 1020000)], since)
+    assert len(commands) == 2
+    assert all(len(command.encode()) <= slurm.ARGUMENT_MAX_BYTES for command in commands)
+
+
+# -- the poll's remote command, run by bash with sacct and squeue printing recorded output --
+
+
+def fake_slurm(bin_dir: Path, sacct_rc: int = 0, squeue_rc: int = 0) -> Path:
+    """sacct and squeue that log their arguments and print what 22.05 printed (recorded/)."""
+    log = bin_dir / "calls.log"
+    bin_dir.mkdir(exist_ok=True)
+    for tool, text, rc in (
+        ("sacct", RECORDED / "sacct_mixed.txt", sacct_rc),
+        ("squeue", RECORDED / "squeue_running.txt", squeue_rc),
+    ):
+        script = bin_dir / tool
+        script.write_text(
+            "#!/bin/bash\n"
+            f'printf "%s\\0" {tool} "$TZ" "$@" >> {log}; echo >> {log}\n'
+            f"[ {rc} = 0 ] || {{ echo '{tool}: error: Unable to contact slurm' >&2; exit {rc}; }}\n"
+            f"tail -n +{2 if tool == 'sacct' else 1} {text}\n"
+        )
+        script.chmod(0o755)
+    return log
+
+
+def run_poll_query(bin_dir: Path, query: slurm.RemoteQuery, stdin: str | None = None) -> CommandResult:
+    proc = subprocess.run(
+        ["bash", "-c", query.command],
+        input=query.stdin if stdin is None else stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        timeout=60,
+        check=False,
+    )
+    return CommandResult(query.command, proc.returncode, proc.stdout, proc.stderr)
+
+
+def calls(log: Path) -> list[list[str]]:
+    return [line.split("\0")[:-1] for line in log.read_text().splitlines() if line]
+
+
+def test_poll_query_sends_5000_ids_on_stdin_to_one_sacct(tmp_path: Path) -> None:
+    ids = [str(i) for i in range(300000, 305000)] + [f"300002_{n}" for n in range(4)]
+    query = slurm.poll_query_command(ids, datetime(2026, 11, 22, 0, 40, tzinfo=UTC))
+    assert query.slurm_commands == 2
+    assert len(query.command) < 1000 and "300000" not in query.command  # no ids in the command line
+    log = fake_slurm(tmp_path / "bin")
+    answer = read_query_answer(run_poll_query(tmp_path / "bin", query), query.slurm_commands)
+    made = calls(log)
+    sacct = [c for c in made if c[0] == "sacct"]
+    assert len(sacct) == 1 and len(made) == 2  # one sacct, one squeue
+    assert sacct[0][1] == "UTC" and sacct[0][-2:] == ["-j", ",".join(ids[:5000])]
+    assert "-S" in sacct[0] and sacct[0][sacct[0].index("-S") + 1] == "2026-11-22T00:35:00"
+    assert answer.error is None and not answer.accounting_down and answer.records
+    # both recorded outputs came back whole, each in its section
+    sacct_text, squeue_text = (
+        (RECORDED / name).read_text() for name in ("sacct_mixed.txt", "squeue_running.txt")
+    )
+    assert answer.records == slurm.merge_records(
+        slurm.parse_sacct(sacct_text), slurm.parse_squeue(squeue_text)
+    )
+
+
+def test_poll_query_beyond_one_argument_runs_one_sacct_per_list(tmp_path: Path) -> None:
+    ids = [str(i) for i in range(1000000, 1020000)]
+    query = slurm.poll_query_command(ids, datetime(2026, 11, 22, tzinfo=UTC))
+    assert query.slurm_commands == 3
+    log = fake_slurm(tmp_path / "bin")
+    result = run_poll_query(tmp_path / "bin", query)
+    sacct = [c for c in calls(log) if c[0] == "sacct"]
+    assert [c[-1] for c in sacct] == slurm.sacct_id_lists(ids)
+    assert read_query_answer(result, query.slurm_commands).records
+
+
+def test_poll_query_tells_accounting_down_from_slurm_down(tmp_path: Path) -> None:
+    query = slurm.poll_query_command(["6", "7", "8"], datetime(2026, 11, 22, tzinfo=UTC))
+    fake_slurm(tmp_path / "a", sacct_rc=1)
+    down = read_query_answer(run_poll_query(tmp_path / "a", query), 2)
+    assert down.accounting_down and down.records is not None and "accounting" in down.warnings[0]
+    assert set(down.records) >= {"6_0", "6_1", "6_2"}  # squeue's only
+    fake_slurm(tmp_path / "b", squeue_rc=1)
+    silent = read_query_answer(run_poll_query(tmp_path / "b", query), 2)
+    assert silent.records is None and silent.error and "Slurm did not answer" in silent.error
+
+
+def test_poll_query_ids_that_did_not_arrive_never_read_as_jobs_gone(tmp_path: Path) -> None:
+    ids = [str(i) for i in range(1000000, 1020000)]
+    query = slurm.poll_query_command(ids, datetime(2026, 11, 22, tzinfo=UTC))
+    fake_slurm(tmp_path / "bin")
+    for cut in ("", query.stdin.splitlines()[0] + "\n"):
+        result = run_poll_query(tmp_path / "bin", query, stdin=cut)
+        answer = read_query_answer(result, query.slurm_commands)
+        assert answer.accounting_down and "lines of job ids arrived" in result.stderr
 
 
 def test_submit_output_parsing() -> None:
