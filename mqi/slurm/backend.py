@@ -17,6 +17,7 @@ from mqi.slurm import commands
 from mqi.slurm.parse import (
     JobRecord,
     SlurmOutputError,
+    live_job_ids,
     merge_records,
     parse_gpu_usage,
     parse_sacct,
@@ -148,14 +149,13 @@ class CliBackend:
 def read_query_answer(result: CommandResult, count: int) -> QueryAnswer:
     """The poll query's output (see ``poll_query_command``) as a QueryAnswer."""
     parts = split_sections(result.stdout, 3)
-    said = result.first_error_line()
     if parts is None:
-        return QueryAnswer(None, count, error=f"Slurm did not answer: {said}")
+        return QueryAnswer(None, count, error=f"Slurm did not answer: {result.first_error_line()}")
     sacct_text, squeue_text, codes = parts
     sacct_rc, _, squeue_rc = codes.strip().partition(" ")
     if squeue_rc != "0":
         # While slurmctld is down nothing is known: never take that as "lost" or "failed".
-        return QueryAnswer(None, count, error=f"Slurm did not answer: {said}")
+        return QueryAnswer(None, count, error=f"Slurm did not answer: {result.first_error_line()}")
     try:
         squeue = parse_squeue(squeue_text)
         if sacct_rc != "0":
@@ -163,8 +163,10 @@ def read_query_answer(result: CommandResult, count: int) -> QueryAnswer:
                 merge_records([], squeue),
                 count,
                 accounting_down=True,
-                warnings=[f"accounting unavailable: {said}"],
+                warnings=[f"accounting unavailable: {result.first_error_line()}"],
             )
-        return QueryAnswer(merge_records(parse_sacct(sacct_text), squeue), count)
+        # In a steady cycle most jobs are live: their sacct lines are not even split.
+        sacct = parse_sacct(sacct_text, skip=live_job_ids(squeue))
+        return QueryAnswer(merge_records(sacct, squeue), count)
     except SlurmOutputError as error:
         return QueryAnswer(None, count, error=str(error))
