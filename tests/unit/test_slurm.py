@@ -80,6 +80,24 @@ def test_sacct_expands_a_collapsed_pending_array(rec: Recording) -> None:
     assert slurm.phase_of(jobs[f"{rec.pending_array}_0"])[0] is Phase.RUNNING
 
 
+def test_sacct_lines_of_live_jobs_are_skipped_and_the_merge_is_the_same(rec: Recording) -> None:
+    text = rec.read("sacct_pending_array.txt")
+    array = rec.pending_array
+    # a collapsed array line goes only when squeue lists every one of its tasks live
+    some = {f"{array}_{i}" for i in (1, 2)}
+    assert sorted(by_id(slurm.parse_sacct(text, skip=some))) == [f"{array}_{i}" for i in range(5)]
+    every = {f"{array}_{i}" for i in range(5)}
+    assert slurm.parse_sacct(text, skip=every) == []
+    sacct, squeue = (
+        slurm.parse_sacct(rec.read("sacct_mixed.txt")),
+        slurm.parse_squeue(rec.read("squeue_running.txt")),
+    )
+    live = slurm.live_job_ids(squeue)
+    skipped = slurm.parse_sacct(rec.read("sacct_mixed.txt"), skip=live)
+    assert live and len(skipped) < len(sacct)
+    assert slurm.merge_records(skipped, squeue) == slurm.merge_records(sacct, squeue)
+
+
 def test_sacct_pending_reason_is_the_one_slurm_printed() -> None:
     """22.05's sacct gives a pending job's reason; 25.11's says None (squeue has it)."""
     old, new = RECORDINGS
