@@ -138,15 +138,21 @@ class Poller:
 
     def _mirror(self, jobs: list[Job], known: _Known, answer: QueryAnswer, report: PollReport) -> set[str]:
         """Slurm's answer into the store in one write transaction; the cases that changed."""
-        assert answer.records is not None
-        by_parent: dict[str, list[JobRecord]] = {}
-        for job_id, record in answer.records.items():
-            by_parent.setdefault(slurm.parent_id(job_id), []).append(record)
+        records = answer.records
+        assert records is not None
+        # A job's records: its own id, and for an array its tasks (``123_4``), indexed once.
+        tasks_of: dict[str, list[JobRecord]] = {}
+        for job_id, record in records.items():
+            if "_" in job_id:
+                tasks_of.setdefault(job_id.partition("_")[0], []).append(record)
         changes = _Changes(accounting_down=answer.accounting_down)
+        names, no_tasks = known.names, ()
         for job in jobs:
             # Ids are recycled after a controller loses its state: match names too.
-            name = known.names[job.job_id]
-            own = [r for r in by_parent.get(job.job_id, []) if r.name == name]
+            name = names[job.job_id]
+            plain = records.get(job.job_id)
+            own = [plain] if plain is not None and plain.name == name else []
+            own += [r for r in tasks_of.get(job.job_id, no_tasks) if r.name == name]
             self._mirror_job(job, own, known.beams, changes)
         with self.store.transaction():  # one sync instead of hundreds
             self.store.update_jobs(changes.jobs)
@@ -467,6 +473,15 @@ class _Changes:
         self.touched.add(beam.case_id)
 
 
+_TASK_STATUS = {
+    Phase.PENDING: "pending",
+    Phase.RUNNING: "running",
+    Phase.FAILED: "failed",
+    Phase.CANCELLED: "cancelled",
+}
+"""A beam's status from its task's phase (COMPLETED keeps the beam's: the post job decides)."""
+
+
 def _mirror_tasks(
     job: Job, tasks: list[JobRecord], beams: dict[tuple[str, str], Beam], changes: _Changes
 ) -> None:
@@ -478,11 +493,7 @@ def _mirror_tasks(
         phase, reason = slurm.phase_of(record)
         if phase is Phase.PENDING and record.reason and not reason:
             reason = f"waiting: {record.reason}"  # Priority, Resources, Dependency, ...
-        status = {Phase.PENDING: "pending", Phase.RUNNING: "running"}.get(phase, beam.status)
-        if phase is Phase.FAILED:
-            status = "failed"
-        elif phase is Phase.CANCELLED:
-            status = "cancelled"
+        status = _TASK_STATUS.get(phase, beam.status)
         # COMPLETED in Slurm is not yet a dose: the post job's check decides.
         if status == beam.status and record.state_detail == beam.slurm_state and reason == beam.reason:
             continue
