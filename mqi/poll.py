@@ -1,7 +1,7 @@
 """Mirroring: one batched Slurm query per cycle, states into SQLite, results brought home.
 
-A cycle asks sacct (ids in chunks, bounded by the oldest tracked submit time) and
-squeue in ONE remote command. squeue is fresher for live jobs (sacct lags a few
+A cycle asks sacct (the ids on stdin: one sacct for up to about 16,000 jobs, bounded by
+the oldest tracked submit time) and squeue in ONE remote command. squeue is fresher for live jobs (sacct lags a few
 seconds), sacct knows finished ones. A job neither knows is lost only after
 ``poll.lost_grace_seconds``; a case whose chain was lost is resubmitted once.
 """
