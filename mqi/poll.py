@@ -1,8 +1,8 @@
 """Mirroring: one batched Slurm query per cycle, states into SQLite, results brought home.
 
 A cycle asks sacct (the ids on stdin: one sacct for up to about 16,000 jobs, bounded by
-the oldest tracked submit time) and squeue in ONE remote command. squeue is fresher for live jobs (sacct lags a few
-seconds), sacct knows finished ones. A job neither knows is lost only after
+the oldest tracked submit time) and squeue in ONE remote command. squeue is fresher for
+live jobs (sacct lags a few seconds), sacct knows finished ones. A job neither knows is lost only after
 ``poll.lost_grace_seconds``; a case whose chain was lost is resubmitted once.
 """
 
@@ -171,10 +171,10 @@ class Poller:
             return
         if job.step == "simulate":
             own = _as_tasks(own, job.array_indices)
-            _mirror_tasks(job, own, beams, changes)
-            phases = [slurm.phase_of(r)[0] for r in own]
+            phased = [(record, *slurm.phase_of(record)) for record in own]
+            _mirror_tasks(job, phased, beams, changes)
             expected = slurm.array_size(job.array_indices) if job.array_indices else 1
-            finished = len(own) >= expected and all(p in slurm.TERMINAL for p in phases)
+            finished = len(own) >= expected and all(phase in slurm.TERMINAL for _, phase, _ in phased)
             state = slurm.array_state(r.state for r in own)
             reason = None
         else:
@@ -483,14 +483,16 @@ _TASK_STATUS = {
 
 
 def _mirror_tasks(
-    job: Job, tasks: list[JobRecord], beams: dict[tuple[str, str], Beam], changes: _Changes
+    job: Job,
+    tasks: list[tuple[JobRecord, Phase, str | None]],
+    beams: dict[tuple[str, str], Beam],
+    changes: _Changes,
 ) -> None:
-    """Array tasks onto the beams that point at them."""
-    for record in tasks:
+    """Array tasks (each with its phase and reason) onto the beams that point at them."""
+    for record, phase, reason in tasks:
         beam = beams.get((job.case_id, record.job_id))
         if beam is None or (beam.status in TERMINAL_BEAM_STATUSES and beam.slurm_state == record.state):
             continue
-        phase, reason = slurm.phase_of(record)
         if phase is Phase.PENDING and record.reason and not reason:
             reason = f"waiting: {record.reason}"  # Priority, Resources, Dependency, ...
         status = _TASK_STATUS.get(phase, beam.status)
