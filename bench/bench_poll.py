@@ -146,9 +146,10 @@ def submit_script(prefix: str, partition: str, cases: int) -> str:
     prints ``<case> <step> <id>`` lines."""
     return f"""
 p={shlex.quote(prefix)}; part={shlex.quote(partition)}
+passing='timed out|Unable to contact|Connection re|temporarily'
 sb() {{ local out try; for try in 1 2 3 4 5 6 7 8 9 10; do  # slurmctld busy or restarted by a test
   out=$(sbatch --parsable -p "$part" -t 5 -o /dev/null "$@" --wrap true 2>&1) && break
-  out="ERR ${{out//$'\\n'/ }}"; [[ $out == *"timed out"* || $out == *"Unable to contact"* ]] || break
+  out="ERR ${{out//$'\\n'/ }}"; [[ $out =~ $passing ]] || break
   sleep 2; done; echo "${{out%%;*}}"; }}
 for ((w = 0; w < {SUBMITTERS}; w++)); do (
 for ((i = w; i < {cases}; i += {SUBMITTERS})); do
