@@ -96,13 +96,13 @@ class CountingTransport:
         self.inner = inner
         self.description = inner.description
         self.commands: list[str] = []
-        self.last: tuple[CommandResult, float] | None = None  # the last command's result and seconds
+        self.runs: list[tuple[CommandResult, float]] = []  # each command's result and seconds
 
     def run(self, command: str, *, timeout: float | None = None, stdin: str | None = None) -> CommandResult:
         self.commands.append(command)
         start = time.perf_counter()
         result = self.inner.run(command, timeout=timeout, stdin=stdin)
-        self.last = (result, time.perf_counter() - start)
+        self.runs.append((result, time.perf_counter() - start))
         return result
 
     def put_files(
@@ -366,6 +366,7 @@ def timed_cycle(config: Config, db: Path, transport: CountingTransport) -> tuple
     start = time.perf_counter()
     report = poller.poll_once()
     seconds = time.perf_counter() - start
+    transport.runs.clear()
     return Cycle(seconds, report, list(transport.commands)), store
 
 
@@ -386,16 +387,20 @@ class Rep:
 
 
 def timed_query(
-    transport: CountingTransport, jobs: list[Job], since_iso: str
-) -> tuple[CommandResult, float, float, dict[str, slurm.JobRecord]]:
-    """The poller's remote command alone (``CliBackend.query``, as a cycle runs it): its
-    result, its round trip, the parsing of its output timed again on its own, the records."""
-    CliBackend(transport).query([job.job_id for job in jobs], parse_utc(since_iso))
-    assert transport.last is not None
-    result, seconds = transport.last
+    transport: CountingTransport, jobs: list[Job], since_iso: str, arrays: dict[str, str]
+) -> tuple[list[CommandResult], float, float, dict[str, slurm.JobRecord]]:
+    """The poller's query alone (``CliBackend.query`` as a cycle runs it: squeue, then sacct
+    of the jobs squeue does not list live): its results, the time of its round trips, the
+    parsing of their output timed again on its own, the records."""
+    transport.runs.clear()
+    CliBackend(transport).query([job.job_id for job in jobs], parse_utc(since_iso), arrays=arrays)
+    results = [result for result, _ in transport.runs]
+    seconds = sum(took for _, took in transport.runs)
+    transport.runs.clear()
     start = time.perf_counter()
-    records = read_query_answer(result, 0).records or {}
-    return result, seconds, time.perf_counter() - start, records
+    squeue = slurm.parse_squeue(results[0].stdout)
+    records = read_query_answer(squeue, slurm.live_job_ids(squeue), results[-1], 0).records or {}
+    return results, seconds, time.perf_counter() - start, records
 
 
 def one_rep(config: Config, transport: CountingTransport, db: Path) -> Rep:
@@ -403,13 +408,14 @@ def one_rep(config: Config, transport: CountingTransport, db: Path) -> Rep:
     probe = Store(db)
     active = probe.active_jobs()
     since = probe.oldest_active_submit_time() or ""
+    arrays = probe.active_arrays()
     probe.close()
     # the floor: one bare sacct over the same ids and -S
     start = time.perf_counter()
     floor = transport.inner.run(floor_command([j.job_id for j in active], since), timeout=120)
     floor_s = time.perf_counter() - start
     # the poller's own remote command alone, and its parsing
-    answer, query_s, parse_s, records = timed_query(transport, active, since)
+    answer, query_s, parse_s, records = timed_query(transport, active, since, arrays)
     match_s = time_matching(active, records, snapshot_uids(db))
     # the cycles
     cycle, store = timed_cycle(config, db, transport)
@@ -420,17 +426,20 @@ def one_rep(config: Config, transport: CountingTransport, db: Path) -> Rep:
         start = time.perf_counter()
         floor2 = transport.inner.run(floor_command([j.job_id for j in remaining], since2), timeout=120)
         steady_floor_s = time.perf_counter() - start
-        answer2, steady_query_s, steady_parse_s, records2 = timed_query(transport, remaining, since2)
+        answer2, steady_query_s, steady_parse_s, records2 = timed_query(
+            transport, remaining, since2, store.active_arrays()
+        )
         uids = {case.case_id: case.case_uid for case in store.list_cases()}
         steady_match_s = time_matching(remaining, records2, uids)
         transport.commands.clear()
         start = time.perf_counter()
         report2 = Poller(config, store, transport).poll_once()
+        transport.runs.clear()
         again = Cycle(time.perf_counter() - start, report2, list(transport.commands))
     finally:
         store.close()
     problems = [str(c.report.errors or c.report.failed or c.report.resubmitted or "") for c in (cycle, again)]
-    problems += [r.first_error_line() for r in (floor, answer, floor2, answer2) if not r.ok]
+    problems += [r.first_error_line() for r in (floor, *answer, floor2, *answer2) if not r.ok]
     problem = next((p for p in problems if p), None)
     return Rep(
         cycle,
@@ -532,8 +541,8 @@ def report_transport(kind: str, description: str, result: dict, summary: list[st
     query_s, parse_s, match_s = med(result["query"]), med(result["parse"]), med(result["match"])
     cycle_s = med([c.seconds for c in first])
     print("  burst cycle, where the time goes (medians, parts timed on their own):")
-    print(f"      the poller's remote command (sacct + squeue), one round trip        {ms(query_s)}")
-    print(f"      parse + merge of its output                                         {ms(parse_s)}")
+    print(f"      the poller's query: squeue, then sacct of what squeue has not live  {ms(query_s)}")
+    print(f"      parse + merge of their output                                       {ms(parse_s)}")
     print(f"      matching records to tracked jobs (indexed by job id)                {ms(match_s)}")
     print(
         f"      the rest: SQLite reads and writes in one transaction (by difference) "
@@ -543,8 +552,8 @@ def report_transport(kind: str, description: str, result: dict, summary: list[st
     query2, parse2 = med(result["steady_query"]), med(result["steady_parse"])
     match2 = med(result["steady_match"])
     print("  steady cycle, where the time goes (medians, parts timed on their own):")
-    print(f"      the poller's remote command (sacct + squeue), one round trip        {ms(query2)}")
-    print(f"      parse + merge of its output                                         {ms(parse2)}")
+    print(f"      the poller's query: squeue, then sacct of what squeue has not live  {ms(query2)}")
+    print(f"      parse + merge of their output                                       {ms(parse2)}")
     print(f"      matching records to tracked jobs (indexed by job id)                {ms(match2)}")
     rest = steady_s - query2 - parse2 - match2
     print(f"      the rest: SQLite reads, lock, threads (by difference)               {ms(rest)}")

@@ -1,8 +1,9 @@
 """Mirroring: one batched Slurm query per cycle, states into SQLite, results brought home.
 
-A cycle asks sacct (the ids on stdin: one sacct for up to about 16,000 jobs, bounded by
-the oldest tracked submit time) and squeue in ONE remote command. squeue is fresher for
-live jobs (sacct lags a few seconds), sacct knows finished ones. A job neither knows is lost only after
+A cycle asks squeue, then sacct about the tracked jobs squeue does not list live (their
+ids on stdin: one sacct for up to about 16,000 jobs, bounded by the oldest tracked submit
+time). squeue is the authority on live jobs (sacct lags a few seconds and keeps stale
+records of jobs a crashed controller lost), sacct knows finished ones. A job neither knows is lost only after
 ``poll.lost_grace_seconds``; a case whose chain was lost is resubmitted once.
 """
 
@@ -83,7 +84,8 @@ class Poller:
         if tracked:
             since = parse_utc(min(submitted or now_iso() for submitted in tracked.values()))
             gpus = self._gpu_usage_due()
-            asked = _Background(lambda: self.backend.query(tracked, since, gpus=gpus))
+            arrays = self.store.active_arrays()
+            asked = _Background(lambda: self.backend.query(tracked, since, gpus=gpus, arrays=arrays))
             # Read while Slurm answers; only the jobs asked about (another process may
             # have recorded more meanwhile: the next cycle asks about those).
             jobs = [job for job in self.store.active_jobs() if job.job_id in tracked]

@@ -7,7 +7,8 @@ records, and the orchestration decides what they mean.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from mqi.slurm.parse import (
     SlurmOutputError,
     live_job_ids,
     merge_records,
+    needs_sacct,
     parse_gpu_usage,
     parse_sacct,
     parse_squeue,
@@ -53,7 +55,14 @@ class SlurmBackend(Protocol):
         self, bundle_dir: str, *, only_indices: Iterable[int] | None = None, before: str = ""
     ) -> dict[str, str | None]: ...
 
-    def query(self, job_ids: Iterable[str], since: datetime, *, gpus: bool = False) -> QueryAnswer: ...
+    def query(
+        self,
+        job_ids: Iterable[str],
+        since: datetime,
+        *,
+        gpus: bool = False,
+        arrays: Mapping[str, str] | None = None,
+    ) -> QueryAnswer: ...
 
     def case_jobs(self, case_uid: str, since: datetime, *, also: str = "") -> tuple[list[JobRecord], str]: ...
 
@@ -87,23 +96,49 @@ class CliBackend:
         except SlurmOutputError as error:
             raise OperationalError(str(error)) from None
 
-    def query(self, job_ids: Iterable[str], since: datetime, *, gpus: bool = False) -> QueryAnswer:
-        """sacct and squeue for these jobs in one round trip (the ids on stdin), merged by
-        job id (``gpus``: and the GPUs per partition, in the same round trip)."""
-        query = commands.poll_query_command(job_ids, since)
-        command, count = query.command, query.slurm_commands
+    def query(
+        self,
+        job_ids: Iterable[str],
+        since: datetime,
+        *,
+        gpus: bool = False,
+        arrays: Mapping[str, str] | None = None,
+    ) -> QueryAnswer:
+        """Slurm's view of these jobs, merged by job id: squeue first (``gpus``: with the GPUs
+        per partition in the same round trip), then one sacct, ids on stdin, of the jobs
+        squeue does not list live (``arrays``: each array job's ``--array`` spec, so that an
+        array whose every task squeue lists is not asked about). squeue is the authority
+        on a live job, so sacct's line for it would be dropped anyway (``merge_records``).
+        When squeue lists every job live, sacct is asked about the first alone: whether
+        accounting answers is still told every cycle."""
+        ids = list(job_ids)
+        command, count = commands.squeue_command(), 1
         if gpus:
             command, count = commands.with_gpu_usage(command), count + 1
         try:
-            result = self.transport.run(command, timeout=120, stdin=query.stdin)
+            listed = self.transport.run(command, timeout=120)
         except TransportError as error:
             return QueryAnswer(None, count, error=f"cluster unreachable: {error}")
         partitions = None
         if gpus:
-            stdout, _, usage = result.stdout.rpartition(commands.SECTION + "\n")
-            result = CommandResult(result.command, result.returncode, stdout, result.stderr)
+            stdout, _, usage = listed.stdout.rpartition(commands.SECTION + "\n")
+            listed = CommandResult(listed.command, listed.returncode, stdout, listed.stderr)
             partitions = parse_gpu_usage(usage) or None
-        answer = read_query_answer(result, count)
+        if not listed.ok:
+            # While slurmctld is down nothing is known: never take that as "lost" or "failed".
+            return QueryAnswer(None, count, error=f"Slurm did not answer: {listed.first_error_line()}")
+        try:
+            squeue = parse_squeue(listed.stdout)
+        except SlurmOutputError as error:
+            return QueryAnswer(None, count, error=str(error))
+        live = live_job_ids(squeue)
+        sacct = commands.sacct_stdin_command(needs_sacct(ids, live, arrays) or ids[:1], since)
+        count += sacct.slurm_commands
+        try:
+            accounted = self.transport.run(sacct.command, timeout=120, stdin=sacct.stdin)
+        except TransportError as error:
+            return QueryAnswer(None, count, error=f"cluster unreachable: {error}")
+        answer = read_query_answer(squeue, live, accounted, count)
         answer.partitions = partitions
         return answer
 
@@ -146,27 +181,22 @@ class CliBackend:
             raise OperationalError(f"scontrol top refused: {result.first_error_line()}")
 
 
-def read_query_answer(result: CommandResult, count: int) -> QueryAnswer:
-    """The poll query's output (see ``poll_query_command``) as a QueryAnswer."""
-    parts = split_sections(result.stdout, 3)
-    if parts is None:
-        return QueryAnswer(None, count, error=f"Slurm did not answer: {result.first_error_line()}")
-    sacct_text, squeue_text, codes = parts
-    sacct_rc, _, squeue_rc = codes.strip().partition(" ")
-    if squeue_rc != "0":
-        # While slurmctld is down nothing is known: never take that as "lost" or "failed".
-        return QueryAnswer(None, count, error=f"Slurm did not answer: {result.first_error_line()}")
+def read_query_answer(
+    squeue: list[JobRecord], live: AbstractSet[str], accounted: CommandResult, count: int
+) -> QueryAnswer:
+    """squeue's records (``live``: the ids it lists as not ended) and sacct's answer
+    (``sacct_stdin_command``) as a QueryAnswer: sacct failing is accounting down."""
+    if not accounted.ok:
+        return QueryAnswer(
+            merge_records([], squeue),
+            count,
+            accounting_down=True,
+            warnings=[f"accounting unavailable: {accounted.first_error_line()}"],
+        )
     try:
-        squeue = parse_squeue(squeue_text)
-        if sacct_rc != "0":
-            return QueryAnswer(
-                merge_records([], squeue),
-                count,
-                accounting_down=True,
-                warnings=[f"accounting unavailable: {result.first_error_line()}"],
-            )
-        # In a steady cycle most jobs are live: their sacct lines are not even split.
-        sacct = parse_sacct(sacct_text, skip=live_job_ids(squeue))
-        return QueryAnswer(merge_records(sacct, squeue), count)
+        # Lines of jobs squeue lists live (an array with a task gone, the accounting probe)
+        # would be dropped by the merge: they are not even split.
+        sacct = parse_sacct(accounted.stdout, skip=live)
     except SlurmOutputError as error:
         return QueryAnswer(None, count, error=str(error))
+    return QueryAnswer(merge_records(sacct, squeue), count)

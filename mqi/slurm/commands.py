@@ -127,39 +127,27 @@ class RemoteQuery:
     slurm_commands: int
 
 
-def poll_query_command(job_ids: Iterable[str], since: datetime) -> RemoteQuery:
-    """One remote command: sacct of the ids, squeue, and both exit codes.
+def sacct_stdin_command(job_ids: Iterable[str], since: datetime) -> RemoteQuery:
+    """sacct of these jobs with the ids on stdin, one comma-separated list per line (see
+    ``sacct_id_lists``), so that no number of ids meets the cap on a command line: one
+    sacct per line, that is one sacct for up to about 16,000 jobs.
 
-    The ids go on stdin, one comma-separated list per line (see ``sacct_id_lists``), so no
-    number of ids meets the cap on a command line: one sacct per line, that is one sacct
-    for up to about 16,000 jobs. squeue runs in the background into a temporary folder
-    while sacct runs in the foreground. Outputs come back in order, separated by SECTION
-    lines, and the last section is ``<sacct rc> <squeue rc>``, so that accounting being
-    down (sacct fails, squeue answers) is told apart from Slurm not answering. A line of
-    ids that did not arrive counts as a sacct failure (never as jobs gone). Error messages
-    go to stderr; a missing or empty status file (a killed subshell, a full disk) counts
-    as a failure.
+    Exits 0 only when every sacct did and every line of ids arrived: a line that did not
+    arrive counts as a sacct failure (accounting unavailable), never as jobs gone.
     """
     lists = sacct_id_lists(job_ids)
     sacct = _sacct_ids_command(since, '"$ids"')
     lines = len(lists)
     command = "; ".join(
         [
-            "t=$(mktemp -d) || exit 1",
-            f'{{ {squeue_command()} > "$t/q"; echo $? > "$t/rq"; }} < /dev/null & ra=0; n=0',
+            "ra=0; n=0",
             f"while IFS= read -r ids; do n=$((n + 1)); {sacct} < /dev/null || ra=1; done",
             f'[ "$n" = {lines} ] || {{ echo "mqi: $n of {lines} lines of job ids arrived" >&2; ra=1; }}',
-            "wait",
-            f"echo {SECTION}",
-            'cat "$t/q"; rq=1; read rq < "$t/rq"',
-            f"echo {SECTION}",
-            'echo "$ra $rq"',
-            'rm -rf "$t"',
-            '[ "$ra$rq" = 00 ]',
+            'exit "$ra"',
         ]
     )
     stdin = "".join(f"{ids}\n" for ids in lists)
-    return RemoteQuery(command, stdin, 1 + lines)
+    return RemoteQuery(command, stdin, lines)
 
 
 def gpu_usage_command() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -50,6 +50,27 @@ def live_job_ids(squeue: list[JobRecord]) -> set[str]:
     """The ids squeue lists as not ended: merge_records takes these from squeue whatever
     sacct says, so their sacct lines need not be read (``parse_sacct(skip=...)``)."""
     return {record.job_id for record in squeue if record.state not in TERMINAL_STATES}
+
+
+def needs_sacct(
+    job_ids: Iterable[str], live: AbstractSet[str], arrays: Mapping[str, str] | None = None
+) -> list[str]:
+    """The tracked jobs sacct must be asked about, given the ids squeue lists as not ended
+    (``live_job_ids``): a job squeue lists live, or an array (``arrays``: id -> its
+    ``--array`` spec) whose every task it lists live, is squeue's alone in
+    ``merge_records`` whatever sacct says. Everything else (finished, lost, an array
+    whose finished tasks left squeue, an array of unknown spec) is asked about."""
+    arrays = arrays or {}
+    asked = []
+    for job_id in job_ids:
+        spec = arrays.get(job_id)
+        if spec:
+            covered = all(f"{job_id}_{index}" in live for index in parse_array_spec(spec))
+        else:
+            covered = job_id in live
+        if not covered:
+            asked.append(job_id)
+    return asked
 
 
 def merge_records(sacct: list[JobRecord], squeue: list[JobRecord]) -> dict[str, JobRecord]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,8 +12,8 @@ import pytest
 
 from mqi import slurm
 from mqi.slurm import Phase
-from mqi.slurm.backend import read_query_answer
-from mqi.transport import CommandResult
+from mqi.slurm.backend import CliBackend
+from mqi.transport import LocalTransport
 
 RECORDED = Path(__file__).parent / "recorded"
 
@@ -190,11 +189,11 @@ def test_sacct_commands_bound_the_start_time_and_fit_one_argument() -> None:
     assert all(len(command.encode()) <= slurm.ARGUMENT_MAX_BYTES for command in commands)
 
 
-# -- the poll's remote command, run by bash with sacct and squeue printing recorded output --
+# -- the poll's query: real bash, sacct and squeue printing what 22.05 printed (recorded/) --
 
 
 def fake_slurm(bin_dir: Path, sacct_rc: int = 0, squeue_rc: int = 0) -> Path:
-    """sacct and squeue that log their arguments and print what 22.05 printed (recorded/)."""
+    """sacct and squeue that log their arguments and print the recorded output."""
     log = bin_dir / "calls.log"
     bin_dir.mkdir(exist_ok=True)
     for tool, text, rc in (
@@ -212,75 +211,88 @@ def fake_slurm(bin_dir: Path, sacct_rc: int = 0, squeue_rc: int = 0) -> Path:
     return log
 
 
-def run_poll_query(bin_dir: Path, query: slurm.RemoteQuery, stdin: str | None = None) -> CommandResult:
-    proc = subprocess.run(
-        ["bash", "-c", query.command],
-        input=query.stdin if stdin is None else stdin,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
-        timeout=60,
-        check=False,
-    )
-    return CommandResult(query.command, proc.returncode, proc.stdout, proc.stderr)
-
-
 def calls(log: Path) -> list[list[str]]:
-    return [line.split("\0")[:-1] for line in log.read_text().splitlines() if line]
+    return [line.split("\0")[:-1] for line in log.read_text().splitlines() if line] if log.exists() else []
 
 
-def test_poll_query_sends_5000_ids_on_stdin_to_one_sacct(tmp_path: Path) -> None:
+def recorded_merge() -> dict[str, slurm.JobRecord]:
+    sacct = slurm.parse_sacct((RECORDED / "sacct_mixed.txt").read_text())
+    return slurm.merge_records(sacct, slurm.parse_squeue((RECORDED / "squeue_running.txt").read_text()))
+
+
+@pytest.fixture
+def fake_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    return tmp_path / "bin"
+
+
+def test_sacct_takes_5000_ids_on_stdin_in_one_call(fake_path: Path) -> None:
+    log = fake_slurm(fake_path)
     ids = [str(i) for i in range(300000, 305000)] + [f"300002_{n}" for n in range(4)]
-    query = slurm.poll_query_command(ids, datetime(2026, 11, 22, 0, 40, tzinfo=UTC))
-    assert query.slurm_commands == 2
+    query = slurm.sacct_stdin_command(ids, datetime(2026, 11, 22, 0, 40, tzinfo=UTC))
+    assert query.slurm_commands == 1
     assert len(query.command) < 1000 and "300000" not in query.command  # no ids in the command line
-    log = fake_slurm(tmp_path / "bin")
-    answer = read_query_answer(run_poll_query(tmp_path / "bin", query), query.slurm_commands)
-    made = calls(log)
-    sacct = [c for c in made if c[0] == "sacct"]
-    assert len(sacct) == 1 and len(made) == 2  # one sacct, one squeue
-    assert sacct[0][1] == "UTC" and sacct[0][-2:] == ["-j", ",".join(ids[:5000])]
-    assert "-S" in sacct[0] and sacct[0][sacct[0].index("-S") + 1] == "2026-11-22T00:35:00"
-    assert answer.error is None and not answer.accounting_down and answer.records
-    # both recorded outputs came back whole, each in its section
-    sacct_text, squeue_text = (
-        (RECORDED / name).read_text() for name in ("sacct_mixed.txt", "squeue_running.txt")
-    )
-    assert answer.records == slurm.merge_records(
-        slurm.parse_sacct(sacct_text), slurm.parse_squeue(squeue_text)
-    )
+    result = LocalTransport().run(query.command, stdin=query.stdin)
+    assert result.ok, result.stderr
+    (sacct,) = calls(log)
+    assert sacct[:2] == ["sacct", "UTC"] and sacct[-2:] == ["-j", ",".join(ids[:5000])]
+    assert sacct[sacct.index("-S") + 1] == "2026-11-22T00:35:00"
+    assert result.stdout == "".join((RECORDED / "sacct_mixed.txt").read_text().splitlines(True)[1:])
 
 
-def test_poll_query_beyond_one_argument_runs_one_sacct_per_list(tmp_path: Path) -> None:
+def test_beyond_one_argument_one_sacct_per_list(fake_path: Path) -> None:
+    log = fake_slurm(fake_path)
     ids = [str(i) for i in range(1000000, 1020000)]
-    query = slurm.poll_query_command(ids, datetime(2026, 11, 22, tzinfo=UTC))
-    assert query.slurm_commands == 3
-    log = fake_slurm(tmp_path / "bin")
-    result = run_poll_query(tmp_path / "bin", query)
-    sacct = [c for c in calls(log) if c[0] == "sacct"]
-    assert [c[-1] for c in sacct] == slurm.sacct_id_lists(ids)
-    assert read_query_answer(result, query.slurm_commands).records
+    query = slurm.sacct_stdin_command(ids, datetime(2026, 11, 22, tzinfo=UTC))
+    assert query.slurm_commands == 2
+    assert LocalTransport().run(query.command, stdin=query.stdin).ok
+    assert [c[-1] for c in calls(log)] == slurm.sacct_id_lists(ids)
 
 
-def test_poll_query_tells_accounting_down_from_slurm_down(tmp_path: Path) -> None:
-    query = slurm.poll_query_command(["6", "7", "8"], datetime(2026, 11, 22, tzinfo=UTC))
-    fake_slurm(tmp_path / "a", sacct_rc=1)
-    down = read_query_answer(run_poll_query(tmp_path / "a", query), 2)
-    assert down.accounting_down and down.records is not None and "accounting" in down.warnings[0]
-    assert set(down.records) >= {"6_0", "6_1", "6_2"}  # squeue's only
-    fake_slurm(tmp_path / "b", squeue_rc=1)
-    silent = read_query_answer(run_poll_query(tmp_path / "b", query), 2)
-    assert silent.records is None and silent.error and "Slurm did not answer" in silent.error
-
-
-def test_poll_query_ids_that_did_not_arrive_never_read_as_jobs_gone(tmp_path: Path) -> None:
+def test_ids_that_did_not_arrive_fail_the_sacct_step(fake_path: Path) -> None:
+    fake_slurm(fake_path)
     ids = [str(i) for i in range(1000000, 1020000)]
-    query = slurm.poll_query_command(ids, datetime(2026, 11, 22, tzinfo=UTC))
-    fake_slurm(tmp_path / "bin")
+    query = slurm.sacct_stdin_command(ids, datetime(2026, 11, 22, tzinfo=UTC))
     for cut in ("", query.stdin.splitlines()[0] + "\n"):
-        result = run_poll_query(tmp_path / "bin", query, stdin=cut)
-        answer = read_query_answer(result, query.slurm_commands)
-        assert answer.accounting_down and "lines of job ids arrived" in result.stderr
+        result = LocalTransport().run(query.command, stdin=cut)
+        assert not result.ok and "lines of job ids arrived" in result.stderr
+
+
+def test_sacct_is_asked_only_about_jobs_squeue_does_not_list_live() -> None:
+    live = slurm.live_job_ids(slurm.parse_squeue((RECORDED / "squeue_running.txt").read_text()))
+    assert live == {"6_3", "6_4", "6_5", "7", "8", "9"}
+    # 7 is live; 10 is gone from squeue (finished or lost); array 6 lost tasks 0-2 to sacct
+    assert slurm.needs_sacct(["7", "10", "6"], live, {"6": "0-5"}) == ["10", "6"]
+    # an array whose every task squeue lists live is squeue's alone; one of unknown spec is asked
+    assert slurm.needs_sacct(["6"], live, {"6": "3-5%2"}) == []
+    assert slurm.needs_sacct(["6"], live) == ["6"]
+
+
+def test_query_asks_squeue_then_sacct_and_merges_the_recorded_answers(fake_path: Path) -> None:
+    log = fake_slurm(fake_path)
+    answer = CliBackend(LocalTransport()).query(
+        ["7", "10", "6"], datetime(2026, 11, 22, tzinfo=UTC), arrays={"6": "0-5"}
+    )
+    assert answer.error is None and not answer.accounting_down and answer.commands == 2
+    assert [c[0] for c in calls(log)] == ["squeue", "sacct"]
+    assert calls(log)[1][-1] == "6,10"  # not 7: squeue lists it live
+    assert answer.records == recorded_merge()
+
+
+def test_query_with_every_job_live_still_asks_sacct_about_one(fake_path: Path) -> None:
+    log = fake_slurm(fake_path, sacct_rc=1)
+    answer = CliBackend(LocalTransport()).query(["8", "7", "9"], datetime(2026, 11, 22, tzinfo=UTC))
+    assert [c[-1] for c in calls(log) if c[0] == "sacct"] == ["8"]
+    # accounting down is told every cycle, with squeue's records
+    assert answer.accounting_down and answer.records is not None and "accounting" in answer.warnings[0]
+    assert set(answer.records) >= {"6_3", "7", "8", "9"}
+
+
+def test_query_tells_slurm_down_from_accounting_down(fake_path: Path) -> None:
+    log = fake_slurm(fake_path, squeue_rc=1)
+    answer = CliBackend(LocalTransport()).query(["7"], datetime(2026, 11, 22, tzinfo=UTC))
+    assert answer.records is None and answer.error and "Slurm did not answer" in answer.error
+    assert [c[0] for c in calls(log)] == ["squeue"]  # nothing concluded, nothing more asked
 
 
 def test_submit_output_parsing() -> None:
