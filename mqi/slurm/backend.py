@@ -104,26 +104,28 @@ class CliBackend:
         gpus: bool = False,
         arrays: Mapping[str, str] | None = None,
     ) -> QueryAnswer:
-        """Slurm's view of these jobs, merged by job id: squeue first (``gpus``: with the GPUs
-        per partition in the same round trip), then one sacct, ids on stdin, of the jobs
-        squeue does not list live (``arrays``: each array job's ``--array`` spec, so that an
-        array whose every task squeue lists is not asked about). squeue is the authority
-        on a live job, so sacct's line for it would be dropped anyway (``merge_records``).
-        When squeue lists every job live, sacct is asked about the first alone: whether
-        accounting answers is still told every cycle."""
+        """Slurm's view of these jobs, merged by job id (``gpus``: and the GPUs per
+        partition, in squeue's round trip). Two Slurm commands whatever the number of
+        jobs (up to about 16,000), the sacct ids on stdin.
+
+        Up to SIDE_BY_SIDE_JOBS jobs, sacct of every job runs beside squeue, in one
+        round trip. Beyond, sacct's time grows with the ids while a job squeue lists live
+        is squeue's alone (``merge_records`` drops sacct's line for it): squeue runs first
+        and sacct is asked only about the jobs it does not list live (``arrays``: each
+        array job's ``--array`` spec, so that an array whose every task squeue lists is
+        not asked about); when squeue lists them all, sacct is asked about one, so that
+        accounting being down is still told every cycle. The answer is the same.
+        """
         ids = list(job_ids)
+        if len(ids) <= SIDE_BY_SIDE_JOBS:
+            return self._query_side_by_side(ids, since, gpus)
         command, count = commands.squeue_command(), 1
         if gpus:
             command, count = commands.with_gpu_usage(command), count + 1
         try:
-            listed = self.transport.run(command, timeout=120)
+            listed, partitions = _with_partitions(self.transport.run(command, timeout=120), gpus)
         except TransportError as error:
             return QueryAnswer(None, count, error=f"cluster unreachable: {error}")
-        partitions = None
-        if gpus:
-            stdout, _, usage = listed.stdout.rpartition(commands.SECTION + "\n")
-            listed = CommandResult(listed.command, listed.returncode, stdout, listed.stderr)
-            partitions = parse_gpu_usage(usage) or None
         if not listed.ok:
             # While slurmctld is down nothing is known: never take that as "lost" or "failed".
             return QueryAnswer(None, count, error=f"Slurm did not answer: {listed.first_error_line()}")
@@ -139,6 +141,31 @@ class CliBackend:
         except TransportError as error:
             return QueryAnswer(None, count, error=f"cluster unreachable: {error}")
         answer = read_query_answer(squeue, live, accounted, count)
+        answer.partitions = partitions
+        return answer
+
+    def _query_side_by_side(self, ids: list[str], since: datetime, gpus: bool) -> QueryAnswer:
+        query = commands.sacct_beside_squeue_command(ids, since)
+        command, count = query.command, query.slurm_commands
+        if gpus:
+            command, count = commands.with_gpu_usage(command), count + 1
+        try:
+            result, partitions = _with_partitions(
+                self.transport.run(command, timeout=120, stdin=query.stdin), gpus
+            )
+        except TransportError as error:
+            return QueryAnswer(None, count, error=f"cluster unreachable: {error}")
+        parts = split_sections(result.stdout, 3)
+        codes = parts[2].split() if parts else []
+        if parts is None or codes[1:] != ["0"]:
+            # While slurmctld is down nothing is known: never take that as "lost" or "failed".
+            return QueryAnswer(None, count, error=f"Slurm did not answer: {result.first_error_line()}")
+        try:
+            squeue = parse_squeue(parts[1])
+        except SlurmOutputError as error:
+            return QueryAnswer(None, count, error=str(error))
+        accounted = CommandResult(result.command, 0 if codes[0] == "0" else 1, parts[0], result.stderr)
+        answer = read_query_answer(squeue, live_job_ids(squeue), accounted, count)
         answer.partitions = partitions
         return answer
 
@@ -179,6 +206,22 @@ class CliBackend:
         result = self.transport.run(commands.scontrol_top_command(job_ids), timeout=60)
         if not result.ok:
             raise OperationalError(f"scontrol top refused: {result.first_error_line()}")
+
+
+SIDE_BY_SIDE_JOBS = 2000
+"""Up to this many tracked jobs, sacct of them all runs beside squeue (one round trip);
+beyond, squeue first and sacct of the jobs it does not list live (measured on the dev
+cluster: side by side is faster at 1,000 jobs, squeue first at 5,000)."""
+
+
+def _with_partitions(result: CommandResult, gpus: bool) -> tuple[CommandResult, list[dict[str, Any]] | None]:
+    """A result of ``with_gpu_usage``: the command's own output, and the GPUs per partition."""
+    if not gpus:
+        return result, None
+    stdout, _, usage = result.stdout.rpartition(commands.SECTION + "\n")
+    return CommandResult(result.command, result.returncode, stdout, result.stderr), parse_gpu_usage(
+        usage
+    ) or None
 
 
 def read_query_answer(

@@ -150,6 +150,33 @@ def sacct_stdin_command(job_ids: Iterable[str], since: datetime) -> RemoteQuery:
     return RemoteQuery(command, stdin, lines)
 
 
+def sacct_beside_squeue_command(job_ids: Iterable[str], since: datetime) -> RemoteQuery:
+    """One remote command: ``sacct_stdin_command`` of these ids with squeue running beside
+    it (in the background, into a temporary folder), and both exit codes.
+
+    Outputs come back in order, separated by SECTION lines: sacct's, squeue's, then
+    ``<sacct rc> <squeue rc>``, so that accounting being down (sacct fails, squeue answers)
+    is told apart from Slurm not answering. Error messages go to stderr; a missing or
+    empty status file (a killed subshell, a full disk) counts as a failure.
+    """
+    sacct = sacct_stdin_command(job_ids, since)
+    command = "; ".join(
+        [
+            "t=$(mktemp -d) || exit 1",
+            f'{{ {squeue_command()} > "$t/q"; echo $? > "$t/rq"; }} < /dev/null & ( {sacct.command} )',
+            "ra=$?",
+            "wait",
+            f"echo {SECTION}",
+            'cat "$t/q"; rq=1; read rq < "$t/rq"',
+            f"echo {SECTION}",
+            'echo "$ra $rq"',
+            'rm -rf "$t"',
+            '[ "$ra$rq" = 00 ]',
+        ]
+    )
+    return RemoteQuery(command, sacct.stdin, 1 + sacct.slurm_commands)
+
+
 def gpu_usage_command() -> str:
     """GPUs of each node in each partition, configured and in use (for the dashboard's queue)."""
     return f"{_UTC_ENV}sinfo -h -N -O NodeHost:80,Partition:80,Gres:200,GresUsed:200"

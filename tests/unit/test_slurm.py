@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from mqi import slurm
-from mqi.slurm import Phase
-from mqi.slurm.backend import CliBackend
+from mqi.slurm import Phase, backend
 from mqi.transport import LocalTransport
 
 RECORDED = Path(__file__).parent / "recorded"
@@ -268,31 +267,45 @@ def test_sacct_is_asked_only_about_jobs_squeue_does_not_list_live() -> None:
     assert slurm.needs_sacct(["6"], live) == ["6"]
 
 
-def test_query_asks_squeue_then_sacct_and_merges_the_recorded_answers(fake_path: Path) -> None:
+@pytest.fixture(params=["side by side", "squeue first"])
+def strategy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the query runs: sacct of every job beside squeue (up to SIDE_BY_SIDE_JOBS
+    jobs), or squeue first and sacct of the jobs it does not list live (beyond)."""
+    monkeypatch.setattr(backend, "SIDE_BY_SIDE_JOBS", 10**6 if request.param == "side by side" else 0)
+    return str(request.param)
+
+
+def test_query_merges_the_recorded_answers(fake_path: Path, strategy: str) -> None:
     log = fake_slurm(fake_path)
-    answer = CliBackend(LocalTransport()).query(
-        ["7", "10", "6"], datetime(2026, 11, 22, tzinfo=UTC), arrays={"6": "0-5"}
-    )
+    since = datetime(2026, 11, 22, tzinfo=UTC)
+    answer = backend.CliBackend(LocalTransport()).query(["7", "10", "6"], since, arrays={"6": "0-5"})
     assert answer.error is None and not answer.accounting_down and answer.commands == 2
-    assert [c[0] for c in calls(log)] == ["squeue", "sacct"]
-    assert calls(log)[1][-1] == "6,10"  # not 7: squeue lists it live
+    made = calls(log)
+    assert sorted(c[0] for c in made) == ["sacct", "squeue"]
+    (sacct,) = [c for c in made if c[0] == "sacct"]
+    if strategy == "squeue first":
+        assert made[0][0] == "squeue" and sacct[-1] == "6,10"  # not 7: squeue lists it live
+    else:
+        assert sacct[-1] == "6,7,10"
     assert answer.records == recorded_merge()
 
 
-def test_query_with_every_job_live_still_asks_sacct_about_one(fake_path: Path) -> None:
+def test_query_tells_accounting_down_every_cycle(fake_path: Path, strategy: str) -> None:
     log = fake_slurm(fake_path, sacct_rc=1)
-    answer = CliBackend(LocalTransport()).query(["8", "7", "9"], datetime(2026, 11, 22, tzinfo=UTC))
-    assert [c[-1] for c in calls(log) if c[0] == "sacct"] == ["8"]
-    # accounting down is told every cycle, with squeue's records
+    answer = backend.CliBackend(LocalTransport()).query(["8", "7", "9"], datetime(2026, 11, 22, tzinfo=UTC))
+    # every job is live in squeue: squeue first still asks sacct about one
+    asked = [c[-1] for c in calls(log) if c[0] == "sacct"]
+    assert asked == (["8"] if strategy == "squeue first" else ["7,8,9"])
     assert answer.accounting_down and answer.records is not None and "accounting" in answer.warnings[0]
-    assert set(answer.records) >= {"6_3", "7", "8", "9"}
+    assert set(answer.records) >= {"6_3", "7", "8", "9"}  # squeue's
 
 
-def test_query_tells_slurm_down_from_accounting_down(fake_path: Path) -> None:
+def test_query_tells_slurm_down_from_accounting_down(fake_path: Path, strategy: str) -> None:
     log = fake_slurm(fake_path, squeue_rc=1)
-    answer = CliBackend(LocalTransport()).query(["7"], datetime(2026, 11, 22, tzinfo=UTC))
+    answer = backend.CliBackend(LocalTransport()).query(["7"], datetime(2026, 11, 22, tzinfo=UTC))
     assert answer.records is None and answer.error and "Slurm did not answer" in answer.error
-    assert [c[0] for c in calls(log)] == ["squeue"]  # nothing concluded, nothing more asked
+    if strategy == "squeue first":
+        assert [c[0] for c in calls(log)] == ["squeue"]  # nothing concluded, nothing more asked
 
 
 def test_submit_output_parsing() -> None:
