@@ -47,7 +47,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from devcluster import cluster_env, ssh_cluster
 
@@ -56,7 +56,7 @@ from mqi.clock import now_utc
 from mqi.config import Config, parse_config
 from mqi.errors import TransportError
 from mqi.poll import Poller, PollReport
-from mqi.slurm.backend import CliBackend, read_query_answer
+from mqi.slurm.backend import CliBackend
 from mqi.store import Job, Store, parse_utc
 from mqi.transport import CommandResult, LocalTransport, TransferStats, Transport
 from mqi.transport.ssh import SSHTransport
@@ -386,21 +386,33 @@ class Rep:
     problem: str | None = None
 
 
+class Replay:
+    """Hands back recorded results in order: a query's own work, without Slurm."""
+
+    description = "replay"
+
+    def __init__(self, results: list[CommandResult]) -> None:
+        self.results = list(results)
+
+    def run(self, command: str, *, timeout: float | None = None, stdin: str | None = None) -> CommandResult:
+        return self.results.pop(0)
+
+
 def timed_query(
     transport: CountingTransport, jobs: list[Job], since_iso: str, arrays: dict[str, str]
 ) -> tuple[list[CommandResult], float, float, dict[str, slurm.JobRecord]]:
-    """The poller's query alone (``CliBackend.query`` as a cycle runs it: squeue, then sacct
-    of the jobs squeue does not list live): its results, the time of its round trips, the
-    parsing of their output timed again on its own, the records."""
+    """The poller's query alone (``CliBackend.query`` as a cycle runs it): its results, the
+    time of its round trips, the same query's own work (parsing, merging) timed again on
+    its recorded results, the records."""
+    ids, since = [job.job_id for job in jobs], parse_utc(since_iso)
     transport.runs.clear()
-    CliBackend(transport).query([job.job_id for job in jobs], parse_utc(since_iso), arrays=arrays)
+    CliBackend(transport).query(ids, since, arrays=arrays)
     results = [result for result, _ in transport.runs]
     seconds = sum(took for _, took in transport.runs)
     transport.runs.clear()
     start = time.perf_counter()
-    squeue = slurm.parse_squeue(results[0].stdout)
-    records = read_query_answer(squeue, slurm.live_job_ids(squeue), results[-1], 0).records or {}
-    return results, seconds, time.perf_counter() - start, records
+    answer = CliBackend(cast(Transport, Replay(results))).query(ids, since, arrays=arrays)
+    return results, seconds, time.perf_counter() - start, answer.records or {}
 
 
 def one_rep(config: Config, transport: CountingTransport, db: Path) -> Rep:
@@ -541,7 +553,7 @@ def report_transport(kind: str, description: str, result: dict, summary: list[st
     query_s, parse_s, match_s = med(result["query"]), med(result["parse"]), med(result["match"])
     cycle_s = med([c.seconds for c in first])
     print("  burst cycle, where the time goes (medians, parts timed on their own):")
-    print(f"      the poller's query: squeue, then sacct of what squeue has not live  {ms(query_s)}")
+    print(f"      the poller's query (CliBackend.query), its round trips             {ms(query_s)}")
     print(f"      parse + merge of their output                                       {ms(parse_s)}")
     print(f"      matching records to tracked jobs (indexed by job id)                {ms(match_s)}")
     print(
@@ -552,7 +564,7 @@ def report_transport(kind: str, description: str, result: dict, summary: list[st
     query2, parse2 = med(result["steady_query"]), med(result["steady_parse"])
     match2 = med(result["steady_match"])
     print("  steady cycle, where the time goes (medians, parts timed on their own):")
-    print(f"      the poller's query: squeue, then sacct of what squeue has not live  {ms(query2)}")
+    print(f"      the poller's query (CliBackend.query), its round trips             {ms(query2)}")
     print(f"      parse + merge of their output                                       {ms(parse2)}")
     print(f"      matching records to tracked jobs (indexed by job id)                {ms(match2)}")
     rest = steady_s - query2 - parse2 - match2

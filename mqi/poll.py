@@ -1,9 +1,10 @@
 """Mirroring: one batched Slurm query per cycle, states into SQLite, results brought home.
 
-A cycle asks squeue, then sacct about the tracked jobs squeue does not list live (their
-ids on stdin: one sacct for up to about 16,000 jobs, bounded by the oldest tracked submit
-time). squeue is the authority on live jobs (sacct lags a few seconds and keeps stale
-records of jobs a crashed controller lost), sacct knows finished ones. A job neither knows is lost only after
+A cycle asks squeue and sacct (``CliBackend.query``: side by side up to 2,000 tracked
+jobs, beyond that sacct only of the jobs squeue does not list live; the ids on stdin, one
+sacct for up to about 16,000 jobs, bounded by the oldest tracked submit time). squeue is
+the authority on live jobs (sacct lags a few seconds and keeps stale records of jobs a
+crashed controller lost), sacct knows finished ones. A job neither knows is lost only after
 ``poll.lost_grace_seconds``; a case whose chain was lost is resubmitted once.
 """
 
