@@ -243,6 +243,8 @@ def _exec(
                     err += channel.recv_stderr(_CHUNK)
                 break
         status = channel.recv_exit_status()
+        if status == -1 and not transport.is_active():
+            raise EOFError("the connection closed before the command ended")
     finally:
         channel.close()
     return CommandResult(command, status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
