@@ -202,7 +202,8 @@ def fake_slurm(bin_dir: Path, sacct_rc: int = 0, squeue_rc: int = 0) -> Path:
         script = bin_dir / tool
         script.write_text(
             "#!/bin/bash\n"
-            f'printf "%s\\0" {tool} "$TZ" "$@" >> {log}; echo >> {log}\n'
+            # one write per call: sacct and squeue may run side by side
+            f"IFS=$'\\x1f'; line=\"{tool}$IFS$TZ$IFS$*\"; printf '%s\\n' \"$line\" >> {log}\n"
             f"[ {rc} = 0 ] || {{ echo '{tool}: error: Unable to contact slurm' >&2; exit {rc}; }}\n"
             f"tail -n +{2 if tool == 'sacct' else 1} {text}\n"
         )
@@ -211,7 +212,7 @@ def fake_slurm(bin_dir: Path, sacct_rc: int = 0, squeue_rc: int = 0) -> Path:
 
 
 def calls(log: Path) -> list[list[str]]:
-    return [line.split("\0")[:-1] for line in log.read_text().splitlines() if line] if log.exists() else []
+    return [line.split("\x1f") for line in log.read_text().splitlines() if line] if log.exists() else []
 
 
 def recorded_merge() -> dict[str, slurm.JobRecord]:
