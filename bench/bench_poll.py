@@ -1,38 +1,45 @@
-"""Poll speed with 1,000 tracked jobs in the real cluster, against one bare sacct.
+"""Poll speed with 1,000 and 5,000 tracked jobs in the real cluster, against one bare sacct.
 
-Run: .venv/bin/python bench/bench_poll.py   (needs scripts/dev-cluster.sh running)
+Run: .venv/bin/python bench/bench_poll.py [--sizes 1000,5000] [--transports local,ssh]
+(needs scripts/dev-cluster.sh running)
 
-For each transport (local, then SSH to 127.0.0.1) it submits 434 dummy chains as the
+For each size and each transport (local, then SSH to 127.0.0.1), one after the other so
+that only one set of jobs is in the cluster at a time, it submits dummy chains as the
 submitter shapes them: per case a prepare job, a simulate array of 2 tasks and a post
-job, named ``mqi.<case_uid>.<step>`` with ``--comment=mqi:<case_uid>`` (1,302 tracked
-jobs, 1,736 Slurm records). The first 100 cases' prepare and simulate jobs are short and
-finish (so do the next 100 cases' prepare jobs): 300 tracked jobs end COMPLETED and are
-known only to sacct by the time the cycles run; the rest are held. The jobs are recorded
-in a fresh Store (upsert_case, add_jobs, set_beams, update_beam: as the submitter does).
+job, named ``mqi.<case_uid>.<step>`` with ``--comment=mqi:<case_uid>`` (434 chains for
+the size 1,000: 1,302 tracked jobs; 1,767 chains for 5,000: 5,301). The first 100 cases'
+prepare and simulate jobs are short and finish (so do the next 100 cases' prepare jobs):
+300 tracked jobs end COMPLETED and are known only to sacct by the time the cycles run;
+the rest are held, and all are scancelled as soon as that set is measured. The jobs are
+recorded in a fresh Store (upsert_case, add_jobs, set_beams, update_beam: as the
+submitter does).
 
 Each repetition copies that database, then times ``Poller.poll_once()`` twice:
 
-- the burst cycle (1,302 tracked jobs; 300 finish, and every held beam's pending reason
-  is written): what the first poll after a large submission or an outage does;
-- the steady cycle right after (1,002 tracked jobs, nothing changes): what every other
-  poll does. The target (ratio <= 1.5, <= 3 Slurm commands) is checked on this cycle;
-  the burst cycle's ratio is reported next to it.
+- the burst cycle (300 more tracked jobs than the size; 300 finish, and every held
+  beam's pending reason is written): what the first poll after a large submission or an
+  outage does;
+- the steady cycle right after (the size: 1,002 or 5,001 tracked jobs, nothing
+  changes): what every other poll does. The targets (ratio <= 1.5, <= 2 Slurm commands)
+  are checked on this cycle at each size; the burst cycle's ratio is reported next to it.
 
 The floor, measured in the same repetition over the same transport, is ONE bare
 ``sacct -X --parsable2 -j <the same ids> -S <the same start>``. Slurm commands per cycle
 are taken from PollReport.slurm_commands and counted again in the commands the transport
 was given. Medians of 9 (after one warm-up); a repetition during which Slurm or sshd did
-not answer (tests elsewhere restart them) is discarded and repeated. Every job is
-scancelled at the end.
+not answer (tests elsewhere restart them) is discarded and repeated. Exits 1 when a
+target is missed at any size.
 
 On the Slurm 25.11 flavour with pyslurm installed (``MQI_SLURM=25.11 scripts/dev-cluster.sh
-pyslurm``), a pyslurm column follows: the local transport's jobs and store polled with
-``slurm.backend: pyslurm`` and, in the same repetitions, with the command line (alternating
-which goes first); target: pyslurm's steady cycle at most 0.5x the command line's.
+pyslurm``), a pyslurm column follows at the smallest size: the local transport's jobs and store
+polled with ``slurm.backend: pyslurm`` and, in the same repetitions, with the command line
+(alternating which goes first); target: pyslurm's steady cycle at most 0.5x the command line's.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
 import shlex
 import shutil
@@ -45,7 +52,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from devcluster import cluster_env, ssh_cluster
 
@@ -54,18 +61,18 @@ from mqi.clock import now_utc
 from mqi.config import Config, parse_config
 from mqi.errors import TransportError
 from mqi.poll import Poller, PollReport
-from mqi.slurm.backend import read_query_answer
+from mqi.slurm.backend import CliBackend
 from mqi.store import Job, Store, parse_utc
 from mqi.transport import CommandResult, LocalTransport, TransferStats, Transport
 from mqi.transport.ssh import SSHTransport
 
-CASES = 434  # x 3 jobs = 1,302 tracked jobs; 1,002 once 300 have finished
+SIZES = (1000, 5000)  # tracked jobs in the steady cycle
 BEAMS = 2  # simulate array tasks per case
 SHORT_CHAINS = 100  # cases whose prepare and simulate run and complete
 SHORT_PREPARES = 200  # cases whose prepare runs and completes (includes the above)
 REPS = 9
 TARGET_RATIO = 1.5
-TARGET_COMMANDS = 3
+TARGET_COMMANDS = 2
 WAIT_SECONDS = 360
 SLURM_TOOLS = re.compile(r"\b(sacct|squeue|sbatch|scancel|scontrol|sinfo)\b")
 
@@ -94,10 +101,14 @@ class CountingTransport:
         self.inner = inner
         self.description = inner.description
         self.commands: list[str] = []
+        self.runs: list[tuple[CommandResult, float]] = []  # each command's result and seconds
 
     def run(self, command: str, *, timeout: float | None = None, stdin: str | None = None) -> CommandResult:
         self.commands.append(command)
-        return self.inner.run(command, timeout=timeout, stdin=stdin)
+        start = time.perf_counter()
+        result = self.inner.run(command, timeout=timeout, stdin=stdin)
+        self.runs.append((result, time.perf_counter() - start))
+        return result
 
     def put_files(
         self, local_root: Path, remote_root: str, names: Iterable[str], progress: Any = None
@@ -118,21 +129,35 @@ class CountingTransport:
 # -- dummy jobs ----------------------------------------------------------------------
 
 
+def cases_for(size: int) -> int:
+    """Chains whose jobs, less the short ones that finish, are ``size`` tracked jobs or just over."""
+    return -(-(size + SHORT_PREPARES + SHORT_CHAINS) // 3)
+
+
 @dataclass
 class JobSet:
     prefix: str
+    cases: int
     chains: list[tuple[str, str, str]] = field(default_factory=list)  # (prepare, simulate, post)
     short_ids: list[str] = field(default_factory=list)
     submitted: list[str] = field(default_factory=list)  # every id sbatch printed, for cleanup
 
 
-def submit_script(prefix: str, partition: str) -> str:
-    """One shell command submitting every dummy chain; prints ``<case> <step> <id>`` lines."""
+SUBMITTERS = 2  # sbatch loops side by side (slurmctld answers several at once; others share it)
+
+
+def submit_script(prefix: str, partition: str, cases: int) -> str:
+    """One shell command submitting every dummy chain (in SUBMITTERS loops side by side);
+    prints ``<case> <step> <id>`` lines."""
     return f"""
 p={shlex.quote(prefix)}; part={shlex.quote(partition)}
-sb() {{ local out; out=$(sbatch --parsable -p "$part" -t 5 -o /dev/null "$@" --wrap true 2>&1) \\
-  || out="ERR ${{out//$'\\n'/ }}"; echo "${{out%%;*}}"; }}
-for ((i = 0; i < {CASES}; i++)); do
+passing='timed out|Unable to contact|Connection re|temporarily'
+sb() {{ local out try; for try in 1 2 3 4 5 6 7 8 9 10; do  # slurmctld busy or restarted by a test
+  out=$(sbatch --parsable -p "$part" -t 5 -o /dev/null "$@" --wrap true 2>&1) && break
+  out="ERR ${{out//$'\\n'/ }}"; [[ $out =~ $passing ]] || break
+  sleep 2; done; echo "${{out%%;*}}"; }}
+for ((w = 0; w < {SUBMITTERS}; w++)); do (
+for ((i = w; i < {cases}; i += {SUBMITTERS})); do
   printf -v uid '%s%08d' "$p" "$i"
   hp=--hold; hs=--hold
   if ((i < {SHORT_PREPARES})); then hp=; fi
@@ -140,7 +165,7 @@ for ((i = 0; i < {CASES}; i++)); do
   echo "$i prepare $(sb $hp -J mqi.$uid.prepare --comment=mqi:$uid)"
   echo "$i simulate $(sb $hs --array=0-{BEAMS - 1} -J mqi.$uid.simulate --comment=mqi:$uid)"
   echo "$i post $(sb --hold -J mqi.$uid.post --comment=mqi:$uid)"
-done
+done ) & done; wait
 """
 
 
@@ -149,7 +174,7 @@ def uid_of(prefix: str, index: int) -> str:
 
 
 def submit_jobs(transport: Transport, partition: str, jobs: JobSet) -> None:
-    result = transport.run(submit_script(jobs.prefix, partition), timeout=600)
+    result = transport.run(submit_script(jobs.prefix, partition, jobs.cases), timeout=900)
     found: dict[int, dict[str, str]] = {}
     errors = []
     for line in result.stdout.splitlines():
@@ -168,7 +193,7 @@ def submit_jobs(transport: Transport, partition: str, jobs: JobSet) -> None:
                 jobs.short_ids.append(steps["prepare"])
             if index < SHORT_CHAINS:
                 jobs.short_ids.append(steps["simulate"])
-    if errors or len(jobs.chains) != CASES or not result.ok:
+    if errors or len(jobs.chains) != jobs.cases or not result.ok:
         raise RuntimeError(
             f"{len(errors)} sbatch call(s) failed (first: {errors[:1]}; {result.stderr.strip()[:200]}); "
             f"{len(jobs.submitted)} jobs were submitted and will be cancelled"
@@ -346,6 +371,7 @@ def timed_cycle(config: Config, db: Path, transport: CountingTransport) -> tuple
     start = time.perf_counter()
     report = poller.poll_once()
     seconds = time.perf_counter() - start
+    transport.runs.clear()
     return Cycle(seconds, report, list(transport.commands)), store
 
 
@@ -360,8 +386,38 @@ class Rep:
     match: float
     finished: int
     steady_query: float
+    steady_parse: float
     steady_match: float
     problem: str | None = None
+
+
+class Replay:
+    """Hands back recorded results in order: a query's own work, without Slurm."""
+
+    description = "replay"
+
+    def __init__(self, results: list[CommandResult]) -> None:
+        self.results = list(results)
+
+    def run(self, command: str, *, timeout: float | None = None, stdin: str | None = None) -> CommandResult:
+        return self.results.pop(0)
+
+
+def timed_query(
+    transport: CountingTransport, jobs: list[Job], since_iso: str, arrays: dict[str, str]
+) -> tuple[list[CommandResult], float, float, dict[str, slurm.JobRecord]]:
+    """The poller's query alone (``CliBackend.query`` as a cycle runs it): its results, the
+    time of its round trips, the same query's own work (parsing, merging) timed again on
+    its recorded results, the records."""
+    ids, since = [job.job_id for job in jobs], parse_utc(since_iso)
+    transport.runs.clear()
+    CliBackend(transport).query(ids, since, arrays=arrays)
+    results = [result for result, _ in transport.runs]
+    seconds = sum(took for _, took in transport.runs)
+    transport.runs.clear()
+    start = time.perf_counter()
+    answer = CliBackend(cast(Transport, Replay(results))).query(ids, since, arrays=arrays)
+    return results, seconds, time.perf_counter() - start, answer.records or {}
 
 
 def one_rep(config: Config, transport: CountingTransport, db: Path) -> Rep:
@@ -369,19 +425,14 @@ def one_rep(config: Config, transport: CountingTransport, db: Path) -> Rep:
     probe = Store(db)
     active = probe.active_jobs()
     since = probe.oldest_active_submit_time() or ""
+    arrays = probe.active_arrays()
     probe.close()
     # the floor: one bare sacct over the same ids and -S
     start = time.perf_counter()
     floor = transport.inner.run(floor_command([j.job_id for j in active], since), timeout=120)
     floor_s = time.perf_counter() - start
     # the poller's own remote command alone, and its parsing
-    command, _ = slurm.poll_query_command([j.job_id for j in active], parse_utc(since))
-    start = time.perf_counter()
-    answer = transport.inner.run(command, timeout=120)
-    query_s = time.perf_counter() - start
-    start = time.perf_counter()
-    records = read_query_answer(answer, 0).records or {}
-    parse_s = time.perf_counter() - start
+    answer, query_s, parse_s, records = timed_query(transport, active, since, arrays)
     match_s = time_matching(active, records, snapshot_uids(db))
     # the cycles
     cycle, store = timed_cycle(config, db, transport)
@@ -392,21 +443,20 @@ def one_rep(config: Config, transport: CountingTransport, db: Path) -> Rep:
         start = time.perf_counter()
         floor2 = transport.inner.run(floor_command([j.job_id for j in remaining], since2), timeout=120)
         steady_floor_s = time.perf_counter() - start
-        command2, _ = slurm.poll_query_command([j.job_id for j in remaining], parse_utc(since2))
-        start = time.perf_counter()
-        answer2 = transport.inner.run(command2, timeout=120)
-        steady_query_s = time.perf_counter() - start
-        records2 = read_query_answer(answer2, 0).records or {}
+        answer2, steady_query_s, steady_parse_s, records2 = timed_query(
+            transport, remaining, since2, store.active_arrays()
+        )
         uids = {case.case_id: case.case_uid for case in store.list_cases()}
         steady_match_s = time_matching(remaining, records2, uids)
         transport.commands.clear()
         start = time.perf_counter()
         report2 = Poller(config, store, transport).poll_once()
+        transport.runs.clear()
         again = Cycle(time.perf_counter() - start, report2, list(transport.commands))
     finally:
         store.close()
     problems = [str(c.report.errors or c.report.failed or c.report.resubmitted or "") for c in (cycle, again)]
-    problems += [r.first_error_line() for r in (floor, answer, floor2, answer2) if not r.ok]
+    problems += [r.first_error_line() for r in (floor, *answer, floor2, *answer2) if not r.ok]
     problem = next((p for p in problems if p), None)
     return Rep(
         cycle,
@@ -418,6 +468,7 @@ def one_rep(config: Config, transport: CountingTransport, db: Path) -> Rep:
         match_s,
         finished,
         steady_query_s,
+        steady_parse_s,
         steady_match_s,
         problem,
     )
@@ -461,16 +512,17 @@ def measure(kind: str, config: Config, transport: CountingTransport, snapshot: P
         "match": [r.match for r in reps],
         "finished": [r.finished for r in reps],
         "steady_query": [r.steady_query for r in reps],
+        "steady_parse": [r.steady_parse for r in reps],
         "steady_match": [r.steady_match for r in reps],
         "discarded": discarded,
     }
 
 
-def report_transport(kind: str, description: str, result: dict) -> bool:
+def report_transport(kind: str, description: str, result: dict, summary: list[str]) -> bool:
     first: list[Cycle] = result["first"]
     steady: list[Cycle] = result["steady"]
     ok = True
-    print(f"{kind} transport ({description}):")
+    print(f"{kind} transport ({description}), load average {result['load']}:")
     for name, cycles, floors, gated in (
         ("burst cycle ", first, result["floor"], False),
         ("steady cycle", steady, result["steady_floor"], True),
@@ -497,23 +549,31 @@ def report_transport(kind: str, description: str, result: dict) -> bool:
             f" (target <= {TARGET_COMMANDS}: {'ok' if commands_ok else 'ABOVE TARGET'}); round trips {trips}"
         )
         ok = ok and (ratio <= TARGET_RATIO or not gated) and commands_ok
+        if gated:
+            summary.append(
+                f"{tracked:>7} {kind:>5} {ms(cycle_s)} {ms(floor_s)}  {ratio:5.2f} (<= {TARGET_RATIO})"
+                f"  {max(reported + seen):>3} (<= {TARGET_COMMANDS})  {result['load']:>14}"
+                f"  {'ok' if ratio <= TARGET_RATIO and commands_ok else 'MISSED'}"
+            )
     query_s, parse_s, match_s = med(result["query"]), med(result["parse"]), med(result["match"])
     cycle_s = med([c.seconds for c in first])
     print("  burst cycle, where the time goes (medians, parts timed on their own):")
-    print(f"      the poller's remote command (sacct chunks + squeue), one round trip {ms(query_s)}")
-    print(f"      parse + merge of its output                                         {ms(parse_s)}")
+    print(f"      the poller's query (CliBackend.query), its round trips             {ms(query_s)}")
+    print(f"      parse + merge of their output                                       {ms(parse_s)}")
     print(f"      matching records to tracked jobs (indexed by job id)                {ms(match_s)}")
     print(
         f"      the rest: SQLite reads and writes in one transaction (by difference) "
         f"{ms(cycle_s - query_s - parse_s - match_s)}"
     )
     steady_s = med([c.seconds for c in steady])
-    query2, match2 = med(result["steady_query"]), med(result["steady_match"])
+    query2, parse2 = med(result["steady_query"]), med(result["steady_parse"])
+    match2 = med(result["steady_match"])
     print("  steady cycle, where the time goes (medians, parts timed on their own):")
-    print(f"      the poller's remote command (sacct chunks + squeue), one round trip {ms(query2)}")
+    print(f"      the poller's query (CliBackend.query), its round trips             {ms(query2)}")
+    print(f"      parse + merge of their output                                       {ms(parse2)}")
     print(f"      matching records to tracked jobs (indexed by job id)                {ms(match2)}")
-    rest = steady_s - query2 - match2
-    print(f"      the rest: parsing, SQLite reads (by difference)                     {ms(rest)}")
+    rest = steady_s - query2 - parse2 - match2
+    print(f"      the rest: SQLite reads, lock, threads (by difference)               {ms(rest)}")
     if result["discarded"]:
         print(f"  ({result['discarded']} repetition(s) discarded: Slurm did not answer during them)")
     expected = SHORT_PREPARES + SHORT_CHAINS
@@ -663,65 +723,92 @@ def report_pyslurm(result: dict) -> bool:
     return ok
 
 
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run_set(
+    env: dict[str, str], kind: str, transport: CountingTransport, jobs: JobSet, tmp: Path
+) -> dict[str, Any]:
+    """Submit one set of jobs, let its short jobs finish, measure; its jobs are then cancelled."""
+    start = time.perf_counter()
+    submit_jobs(transport.inner, env["MQI_TEST_PARTITION"], jobs)
+    print(
+        f"  {kind}: submitted {jobs.cases} chains ({jobs.cases * 3} jobs, "
+        f"{jobs.cases * (2 + BEAMS)} Slurm records) in {time.perf_counter() - start:.1f} s"
+    )
+    since = (now_utc() - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S")
+    config = make_config(env, kind, tmp)
+    store = Store(config.db_path)
+    try:
+        record_jobs(store, jobs)
+    finally:
+        store.close()
+    waited = wait_for_short_jobs({kind: transport.inner}, {kind: jobs}, since)
+    print(f"  {kind}: short jobs finished and left squeue {waited:.0f} s later")
+    snapshot = tmp / f"{kind}-snapshot.db"
+    copy_db(config.db_path, snapshot)
+    before = load()
+    result = measure(kind, config, transport, snapshot, tmp)
+    result["load"] = f"{before} / {load()}"
+    return result
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes", default=",".join(str(n) for n in SIZES), help="tracked jobs, e.g. 1000,5000"
+    )
+    parser.add_argument("--transports", default="local,ssh", help="local, ssh or both")
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.sizes.split(",")]
     env = cluster_env()
-    partition = env["MQI_TEST_PARTITION"]
-    run_id = uuid.uuid4().hex[:8]
+    run_id = uuid.uuid4().hex[:6]
     kinds = {
         "local": CountingTransport(LocalTransport()),
         "ssh": CountingTransport(SSHTransport(make_config(env, "ssh", Path(tempfile.gettempdir())).cluster)),
     }
-    sets = {kind: JobSet(prefix=run_id[:7] + str(n)) for n, kind in enumerate(kinds)}
+    kinds = {kind: transport for kind, transport in kinds.items() if kind in args.transports.split(",")}
     ok = True
+    summary: list[str] = []
+    pyslurm_result = None
     try:
         with tempfile.TemporaryDirectory(prefix="mqi-bench-poll-") as tmp_name:
-            tmp = Path(tmp_name)
-            start = time.perf_counter()
-            for kind, transport in kinds.items():
-                submit_jobs(transport.inner, partition, sets[kind])
-            print(
-                f"submitted {CASES} chains per transport ({CASES * 3} jobs, "
-                f"{CASES * (2 + BEAMS)} Slurm records) in {time.perf_counter() - start:.1f} s"
-            )
-            since = (now_utc() - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S")
-            results = {}
-            for kind in kinds:
-                config = make_config(env, kind, tmp)
-                store = Store(config.db_path)
-                try:
-                    record_jobs(store, sets[kind])
-                finally:
-                    store.close()
-            waited = wait_for_short_jobs({k: t.inner for k, t in kinds.items()}, sets, since)
-            print(f"short jobs finished and left squeue {waited:.0f} s later")
-            for kind, transport in kinds.items():
-                config = make_config(env, kind, tmp)
-                snapshot = tmp / f"{kind}-snapshot.db"
-                copy_db(config.db_path, snapshot)
-                results[kind] = measure(kind, config, transport, snapshot, tmp)
-            with_pyslurm = pyslurm_config(env, tmp)
-            if with_pyslurm is not None:
-                pyslurm_result = measure_pyslurm(
-                    make_config(env, "local", tmp),
-                    with_pyslurm,
-                    kinds["local"],
-                    tmp / "local-snapshot.db",
-                    tmp,
-                )
-            print(f"poll cycle, {REPS} repetitions per transport, median:")
-            for kind, transport in kinds.items():
-                ok = report_transport(kind, transport.description, results[kind]) and ok
-            if with_pyslurm is not None:
-                ok = report_pyslurm(pyslurm_result) and ok
+            for size in sizes:
+                print(f"size {size:,}: {cases_for(size)} chains per transport, one transport at a time")
+                for n, (kind, transport) in enumerate(kinds.items()):
+                    jobs = JobSet(prefix=f"{run_id}{size // 1000:02d}{n}", cases=cases_for(size))
+                    tmp = Path(tmp_name) / str(size)
+                    try:
+                        result = run_set(env, kind, transport, jobs, tmp)
+                        if kind == "local" and size == min(sizes):
+                            with_pyslurm = pyslurm_config(env, tmp)
+                            if with_pyslurm is not None:
+                                pyslurm_result = measure_pyslurm(
+                                    make_config(env, "local", tmp),
+                                    with_pyslurm,
+                                    transport,
+                                    tmp / "local-snapshot.db",
+                                    tmp,
+                                )
+                    finally:
+                        try:
+                            print(f"  cleaned up ({kind}): scancelled {cancel(transport.inner, jobs)} jobs")
+                        except Exception as error:
+                            ids = " ".join(jobs.submitted)
+                            print(f"cleanup ({kind}) failed: {error}; scancel {ids}", file=sys.stderr)
+                    print(f"poll cycle, {REPS} repetitions, median:")
+                    ok = report_transport(kind, transport.description, result, summary) and ok
+                    if pyslurm_result is not None:
+                        ok = report_pyslurm(pyslurm_result) and ok
+                        pyslurm_result = None
     finally:
-        for kind, transport in kinds.items():
-            try:
-                cancelled = cancel(transport.inner, sets[kind])
-                print(f"cleaned up ({kind}): scancelled {cancelled} jobs")
-            except Exception as error:
-                ids = " ".join(sets[kind].submitted)
-                print(f"cleanup ({kind}) failed: {error}; scancel {ids}", file=sys.stderr)
+        for transport in kinds.values():
             transport.close()
+    print("\nsteady cycle against 1 bare sacct of the same ids (medians; load average before / after):")
+    print("tracked  where      cycle      floor  ratio (target)  Slurm cmds  load average   verdict")
+    for line in summary:
+        print(line)
     return 0 if ok else 1
 
 

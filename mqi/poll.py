@@ -1,8 +1,10 @@
 """Mirroring: one batched Slurm query per cycle, states into SQLite, results brought home.
 
-A cycle asks sacct (ids in chunks, bounded by the oldest tracked submit time) and
-squeue in ONE remote command. squeue is fresher for live jobs (sacct lags a few
-seconds), sacct knows finished ones. A job neither knows is lost only after
+A cycle asks squeue and sacct (``CliBackend.query``: side by side up to 2,000 tracked
+jobs, beyond that sacct only of the jobs squeue does not list live; the ids on stdin, one
+sacct for up to about 16,000 jobs, bounded by the oldest tracked submit time). squeue is
+the authority on live jobs (sacct lags a few seconds and keeps stale records of jobs a
+crashed controller lost), sacct knows finished ones. A job neither knows is lost only after
 ``poll.lost_grace_seconds``; a case whose chain was lost is resubmitted once.
 """
 
@@ -83,7 +85,8 @@ class Poller:
         if tracked:
             since = parse_utc(min(submitted or now_iso() for submitted in tracked.values()))
             gpus = self._gpu_usage_due()
-            asked = _Background(lambda: self.backend.query(tracked, since, gpus=gpus))
+            arrays = self.store.active_arrays()
+            asked = _Background(lambda: self.backend.query(tracked, since, gpus=gpus, arrays=arrays))
             # Read while Slurm answers; only the jobs asked about (another process may
             # have recorded more meanwhile: the next cycle asks about those).
             jobs = [job for job in self.store.active_jobs() if job.job_id in tracked]
@@ -138,15 +141,21 @@ class Poller:
 
     def _mirror(self, jobs: list[Job], known: _Known, answer: QueryAnswer, report: PollReport) -> set[str]:
         """Slurm's answer into the store in one write transaction; the cases that changed."""
-        assert answer.records is not None
-        by_parent: dict[str, list[JobRecord]] = {}
-        for job_id, record in answer.records.items():
-            by_parent.setdefault(slurm.parent_id(job_id), []).append(record)
+        records = answer.records
+        assert records is not None
+        # A job's records: its own id, and for an array its tasks (``123_4``), indexed once.
+        tasks_of: dict[str, list[JobRecord]] = {}
+        for job_id, record in records.items():
+            if "_" in job_id:
+                tasks_of.setdefault(job_id.partition("_")[0], []).append(record)
         changes = _Changes(accounting_down=answer.accounting_down)
+        names, no_tasks = known.names, ()
         for job in jobs:
             # Ids are recycled after a controller loses its state: match names too.
-            name = known.names[job.job_id]
-            own = [r for r in by_parent.get(job.job_id, []) if r.name == name]
+            name = names[job.job_id]
+            plain = records.get(job.job_id)
+            own = [plain] if plain is not None and plain.name == name else []
+            own += [r for r in tasks_of.get(job.job_id, no_tasks) if r.name == name]
             self._mirror_job(job, own, known.beams, changes)
         with self.store.transaction():  # one sync instead of hundreds
             self.store.update_jobs(changes.jobs)
@@ -165,10 +174,10 @@ class Poller:
             return
         if job.step == "simulate":
             own = _as_tasks(own, job.array_indices)
-            _mirror_tasks(job, own, beams, changes)
-            phases = [slurm.phase_of(r)[0] for r in own]
+            phased = [(record, *slurm.phase_of(record)) for record in own]
+            _mirror_tasks(job, phased, beams, changes)
             expected = slurm.array_size(job.array_indices) if job.array_indices else 1
-            finished = len(own) >= expected and all(p in slurm.TERMINAL for p in phases)
+            finished = len(own) >= expected and all(phase in slurm.TERMINAL for _, phase, _ in phased)
             state = slurm.array_state(r.state for r in own)
             reason = None
         else:
@@ -467,22 +476,29 @@ class _Changes:
         self.touched.add(beam.case_id)
 
 
+_TASK_STATUS = {
+    Phase.PENDING: "pending",
+    Phase.RUNNING: "running",
+    Phase.FAILED: "failed",
+    Phase.CANCELLED: "cancelled",
+}
+"""A beam's status from its task's phase (COMPLETED keeps the beam's: the post job decides)."""
+
+
 def _mirror_tasks(
-    job: Job, tasks: list[JobRecord], beams: dict[tuple[str, str], Beam], changes: _Changes
+    job: Job,
+    tasks: list[tuple[JobRecord, Phase, str | None]],
+    beams: dict[tuple[str, str], Beam],
+    changes: _Changes,
 ) -> None:
-    """Array tasks onto the beams that point at them."""
-    for record in tasks:
+    """Array tasks (each with its phase and reason) onto the beams that point at them."""
+    for record, phase, reason in tasks:
         beam = beams.get((job.case_id, record.job_id))
         if beam is None or (beam.status in TERMINAL_BEAM_STATUSES and beam.slurm_state == record.state):
             continue
-        phase, reason = slurm.phase_of(record)
         if phase is Phase.PENDING and record.reason and not reason:
             reason = f"waiting: {record.reason}"  # Priority, Resources, Dependency, ...
-        status = {Phase.PENDING: "pending", Phase.RUNNING: "running"}.get(phase, beam.status)
-        if phase is Phase.FAILED:
-            status = "failed"
-        elif phase is Phase.CANCELLED:
-            status = "cancelled"
+        status = _TASK_STATUS.get(phase, beam.status)
         # COMPLETED in Slurm is not yet a dose: the post job's check decides.
         if status == beam.status and record.state_detail == beam.slurm_state and reason == beam.reason:
             continue

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from mqi.errors import UsageError
 from mqi.shell import quote
 from mqi.slurm.names import (
+    ARGUMENT_MAX_BYTES,
     OUTPUT_PATTERNS,
-    SACCT_CHUNK,
     SACCT_FIELDS,
     SECTION,
     SQUEUE_FORMAT,
@@ -47,20 +48,39 @@ def slurm_time_to_utc_iso(text: str | None) -> str | None:
     return text + "Z"
 
 
-def sacct_commands(job_ids: Iterable[str], since: datetime) -> list[str]:
-    """One sacct per chunk of ids, bounded by ``since`` (ids are recycled; without -S, sacct
-    searches from the epoch)."""
-    ids = sorted({parent_id(job_id) for job_id in job_ids}, key=id_sort_key)
+def _sacct_ids_command(since: datetime, ids: str) -> str:
+    """sacct of the tracked jobs, bounded by ``since`` (ids are recycled; without -S, sacct
+    searches from the epoch); ``ids`` is its ``-j`` word (a list, or a shell expansion)."""
     start = _slurm_time(since - timedelta(minutes=5))
-    fields = ",".join(SACCT_FIELDS)
-    # Chunks of equal size: 1,002 ids make two calls of 501 (run side by side by the
-    # poller), not a full call and a nearly empty one after it.
-    size = -(-len(ids) // max(1, -(-len(ids) // SACCT_CHUNK))) if ids else 1
-    return [
+    return (
         f"{_UTC_ENV}sacct -X --parsable2 --noheader --duplicates -S {start} "
-        f"--format={fields} -j {','.join(ids[i : i + size])}"
-        for i in range(0, len(ids), size)
-    ]
+        f"--format={','.join(SACCT_FIELDS)} -j {ids}"
+    )
+
+
+def sacct_id_lists(job_ids: Iterable[str], room: int = ARGUMENT_MAX_BYTES) -> list[str]:
+    """The parent ids, sorted, as comma-separated lists of at most ``room`` bytes each: one
+    list is one sacct call. Only the kernel's cap on one argument splits them (about 16,000
+    ids of 7 digits per list), never a count of ids."""
+    ids = sorted({parent_id(job_id) for job_id in job_ids}, key=id_sort_key)
+    lists: list[str] = []
+    start, size = 0, -1
+    for end, job_id in enumerate(ids):
+        if end > start and size + 1 + len(job_id) > room:
+            lists.append(",".join(ids[start:end]))
+            start, size = end, -1
+        size += 1 + len(job_id)
+    if ids:
+        lists.append(",".join(ids[start:]))
+    return lists
+
+
+def sacct_commands(job_ids: Iterable[str], since: datetime) -> list[str]:
+    """sacct with the ids in the command line, for a few ids (tests, probes): one command
+    per id list that keeps the whole command under the one-argument cap (``bash -c`` and
+    sshd get a command as one argument). The poll sends its ids on stdin instead."""
+    room = ARGUMENT_MAX_BYTES - len(_sacct_ids_command(since, ""))
+    return [_sacct_ids_command(since, ids) for ids in sacct_id_lists(job_ids, room)]
 
 
 def sacct_by_names_command(case_uid: str, since: datetime) -> str:
@@ -98,34 +118,63 @@ def submit_command(bundle_dir: str, only_indices: Iterable[int] | None = None) -
     return f"bash {script} --only-beams {quote(indices)}"
 
 
-def poll_query_command(job_ids: Iterable[str], since: datetime) -> tuple[str, int]:
-    """One remote command: sacct chunks, squeue, and both exit codes. Returns it and its
-    Slurm command count.
+@dataclass(frozen=True)
+class RemoteQuery:
+    """A remote command, what goes on its stdin, and how many Slurm commands it runs."""
 
-    Everything runs side by side on the login node: squeue and any further sacct chunks in
-    the background into a temporary folder, the first sacct chunk in the foreground.
-    Outputs come back in order, separated by SECTION lines, and the last section is
-    ``<sacct rc> <squeue rc>``, so that accounting being down (sacct fails, squeue
-    answers) is told apart from Slurm not answering. Error messages go to stderr; a
-    missing or empty status file (a killed subshell, a full disk) counts as a failure.
+    command: str
+    stdin: str
+    slurm_commands: int
+
+
+def sacct_stdin_command(job_ids: Iterable[str], since: datetime) -> RemoteQuery:
+    """sacct of these jobs with the ids on stdin, one comma-separated list per line (see
+    ``sacct_id_lists``), so that no number of ids meets the cap on a command line: one
+    sacct per line, that is one sacct for up to about 16,000 jobs.
+
+    Exits 0 only when every sacct did and every line of ids arrived: a line that did not
+    arrive counts as a sacct failure (accounting unavailable), never as jobs gone.
     """
-    first, *rest = sacct_commands(job_ids, since)
-    background = [f'{{ {squeue_command()} > "$t/q"; echo $? > "$t/rq"; }} &']
-    background += [f'{{ {sacct} > "$t/a{n}"; echo $? > "$t/r{n}"; }} &' for n, sacct in enumerate(rest)]
-    collect = [f'cat "$t/a{n}"; x=1; read x < "$t/r{n}"; [ "$x" = 0 ] || ra=1' for n in range(len(rest))]
-    foreground = [
-        f"{first}; ra=$?",
-        "wait",
-        *collect,
-        f"echo {SECTION}",
-        'cat "$t/q"; rq=1; read rq < "$t/rq"',
-        f"echo {SECTION}",
-        'echo "$ra $rq"',
-        'rm -rf "$t"',
-        '[ "$ra$rq" = 00 ]',
-    ]
-    command = "t=$(mktemp -d) || exit 1; " + " ".join(background) + " " + "; ".join(foreground)
-    return command, 2 + len(rest)
+    lists = sacct_id_lists(job_ids)
+    sacct = _sacct_ids_command(since, '"$ids"')
+    lines = len(lists)
+    command = "; ".join(
+        [
+            "ra=0; n=0",
+            f"while IFS= read -r ids; do n=$((n + 1)); {sacct} < /dev/null || ra=1; done",
+            f'[ "$n" = {lines} ] || {{ echo "mqi: $n of {lines} lines of job ids arrived" >&2; ra=1; }}',
+            'exit "$ra"',
+        ]
+    )
+    stdin = "".join(f"{ids}\n" for ids in lists)
+    return RemoteQuery(command, stdin, lines)
+
+
+def sacct_beside_squeue_command(job_ids: Iterable[str], since: datetime) -> RemoteQuery:
+    """One remote command: ``sacct_stdin_command`` of these ids with squeue running beside
+    it (in the background, into a temporary folder), and both exit codes.
+
+    Outputs come back in order, separated by SECTION lines: sacct's, squeue's, then
+    ``<sacct rc> <squeue rc>``, so that accounting being down (sacct fails, squeue answers)
+    is told apart from Slurm not answering. Error messages go to stderr; a missing or
+    empty status file (a killed subshell, a full disk) counts as a failure.
+    """
+    sacct = sacct_stdin_command(job_ids, since)
+    command = "; ".join(
+        [
+            "t=$(mktemp -d) || exit 1",
+            f'{{ {squeue_command()} > "$t/q"; echo $? > "$t/rq"; }} < /dev/null & ( {sacct.command} )',
+            "ra=$?",
+            "wait",
+            f"echo {SECTION}",
+            'cat "$t/q"; rq=1; read rq < "$t/rq"',
+            f"echo {SECTION}",
+            'echo "$ra $rq"',
+            'rm -rf "$t"',
+            '[ "$ra$rq" = 00 ]',
+        ]
+    )
+    return RemoteQuery(command, sacct.stdin, 1 + sacct.slurm_commands)
 
 
 def gpu_usage_command() -> str:

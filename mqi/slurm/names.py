@@ -25,7 +25,10 @@ SACCT_FIELDS = (
 )
 # squeue -o letters for the same information; '|' never occurs in our names or comments.
 SQUEUE_FORMAT = "%i|%A|%j|%T|%r|%k|%N|%E|%V|%S"
-SACCT_CHUNK = 1000  # ids per sacct call: about 8 KB of command line
+ARGUMENT_MAX_BYTES = 131_071
+"""The longest single argument Linux passes to a program (MAX_ARG_STRLEN, 32 pages, less the
+NUL): the cap on sacct's ``-j`` list, and on a whole command given to ``bash -c`` or to sshd.
+Slurm itself takes any number of ids there (22.05 answered 18,000 in one call)."""
 SECTION = "@@mqi-section@@"
 """Separates the outputs of several commands run in one round trip."""
 

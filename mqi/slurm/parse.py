@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -43,6 +44,33 @@ class JobRecord(NamedTuple):
     def array_index(self) -> int | None:
         _, sep, task = self.job_id.partition("_")
         return int(task) if sep and task.isdigit() else None
+
+
+def live_job_ids(squeue: list[JobRecord]) -> set[str]:
+    """The ids squeue lists as not ended: merge_records takes these from squeue whatever
+    sacct says, so their sacct lines need not be read (``parse_sacct(skip=...)``)."""
+    return {record.job_id for record in squeue if record.state not in TERMINAL_STATES}
+
+
+def needs_sacct(
+    job_ids: Iterable[str], live: AbstractSet[str], arrays: Mapping[str, str] | None = None
+) -> list[str]:
+    """The tracked jobs sacct must be asked about, given the ids squeue lists as not ended
+    (``live_job_ids``): a job squeue lists live, or an array (``arrays``: id -> its
+    ``--array`` spec) whose every task it lists live, is squeue's alone in
+    ``merge_records`` whatever sacct says. Everything else (finished, lost, an array
+    whose finished tasks left squeue, an array of unknown spec) is asked about."""
+    arrays = arrays or {}
+    asked = []
+    for job_id in job_ids:
+        spec = arrays.get(job_id)
+        if spec:
+            covered = all(f"{job_id}_{index}" in live for index in parse_array_spec(spec))
+        else:
+            covered = job_id in live
+        if not covered:
+            asked.append(job_id)
+    return asked
 
 
 def merge_records(sacct: list[JobRecord], squeue: list[JobRecord]) -> dict[str, JobRecord]:
@@ -142,12 +170,17 @@ def array_size(spec: str) -> int:
     return len(parse_array_spec(spec))
 
 
-def parse_sacct(text: str) -> list[JobRecord]:
-    """``sacct -X --parsable2 --noheader --format=<SACCT_FIELDS>`` output (a header line is skipped)."""
+def parse_sacct(text: str, skip: AbstractSet[str] = frozenset()) -> list[JobRecord]:
+    """``sacct -X --parsable2 --noheader --format=<SACCT_FIELDS>`` output (a header line is
+    skipped, and so are the lines of the job ids in ``skip``)."""
     records: list[JobRecord] = []
     width = len(SACCT_FIELDS)
     empty = _NO_VALUE
     for line in text.splitlines():
+        if skip:
+            job_id = line[: line.find("|")]
+            if job_id in skip or ("[" in job_id and skip.issuperset(_expand_task_ids(job_id))):
+                continue
         parts = line.split("|")
         if len(parts) < width:
             if not line.strip():
@@ -185,7 +218,9 @@ def parse_sacct(text: str) -> list[JobRecord]:
 def parse_squeue(text: str) -> list[JobRecord]:
     """``squeue -h -t all -r -o SQUEUE_FORMAT`` output."""
     records: list[JobRecord] = []
+    append = records.append
     empty = _NO_VALUE
+    new = tuple.__new__  # as _record, without the call: a poll cycle reads thousands of lines
     for line in text.splitlines():
         parts = line.split("|")
         if len(parts) != 10:
@@ -193,23 +228,36 @@ def parse_squeue(text: str) -> list[JobRecord]:
                 continue
             raise SlurmOutputError(f"unexpected squeue line: {line[:160]!r}")
         job_id, raw_id, name, state, reason, comment, node, dependency, submit, start = parts
-        fields = (
-            raw_id,
-            name,
-            state.split()[0] if state else "UNKNOWN",
-            state,
-            None if reason in empty else reason,
-            None,
-            None,
-            None if node in empty else node,
-            None if submit in empty else submit,
-            None if start in empty else start,
-            None,
-            None if comment in empty else comment,
-            None if dependency in empty else dependency,
+        base = (state.split()[0] if " " in state else state) if state else "UNKNOWN"
+        if "[" in job_id:  # -r expands arrays; kept for a squeue that does not
+            fields = (raw_id, name, base, state, None if reason in empty else reason, None, None)
+            fields += (None if node in empty else node, None if submit in empty else submit)
+            fields += (None if start in empty else start, None, None if comment in empty else comment)
+            fields += (None if dependency in empty else dependency,)
+            for expanded in _expand_task_ids(job_id):
+                append(new(JobRecord, (expanded, *fields)))
+            continue
+        append(
+            new(
+                JobRecord,
+                (
+                    job_id,
+                    raw_id,
+                    name,
+                    base,
+                    state,
+                    None if reason in empty else reason,
+                    None,
+                    None,
+                    None if node in empty else node,
+                    None if submit in empty else submit,
+                    None if start in empty else start,
+                    None,
+                    None if comment in empty else comment,
+                    None if dependency in empty else dependency,
+                ),
+            )
         )
-        for expanded in _expand_task_ids(job_id):
-            records.append(_record((expanded, *fields)))
     return records
 
 

@@ -35,7 +35,7 @@ import os
 import pwd
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -517,9 +517,17 @@ class PyslurmBackend:
         return job_id
 
     # -- query -----------------------------------------------------------------------------
-    def query(self, job_ids: Iterable[str], since: datetime, *, gpus: bool = False) -> QueryAnswer:
+    def query(
+        self,
+        job_ids: Iterable[str],
+        since: datetime,
+        *,
+        gpus: bool = False,
+        arrays: Mapping[str, str] | None = None,
+    ) -> QueryAnswer:
         """slurmctld for every tracked job in one call; slurmdbd in one more call only for
-        those slurmctld cannot tell all about (``accounting_needed``)."""
+        those slurmctld cannot tell all about (``accounting_needed``). ``arrays`` (the
+        command line's hint for expanding never-started tasks) is not needed here."""
         parents = {parent_id(job_id) for job_id in job_ids}
         count = 1
         try:

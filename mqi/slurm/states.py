@@ -91,8 +91,11 @@ def never_satisfied(record: JobRecord) -> bool:
 def array_state(task_states: Iterable[str]) -> str:
     """An array job's state as mqi records it: how many tasks are in each state,
     ``COMPLETED:3,RUNNING:1``."""
+    states = list(task_states)
+    if states and states.count(states[0]) == len(states):  # all alike: the common case
+        return f"{states[0]}:{len(states)}"
     counts: dict[str, int] = {}
-    for state in task_states:
+    for state in states:
         counts[state] = counts.get(state, 0) + 1
     return ",".join(f"{state}:{n}" for state, n in sorted(counts.items()))
 

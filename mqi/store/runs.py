@@ -246,6 +246,11 @@ class RunQueries(Database):
         rows = self._conn.execute("SELECT job_id, submitted_at FROM jobs WHERE finished = 0").fetchall()
         return dict(rows)
 
+    def active_arrays(self) -> dict[str, str]:
+        """Unfinished array jobs and their ``--array`` specs (cheap: no records built)."""
+        sql = "SELECT job_id, array_indices FROM jobs WHERE finished = 0 AND array_indices IS NOT NULL"
+        return dict(self._conn.execute(sql).fetchall())
+
     def oldest_active_submit_time(self) -> str | None:
         """The earliest ``submitted_at`` of unfinished jobs (a bound for ``sacct -S``)."""
         row = self._row("SELECT min(submitted_at) AS t FROM jobs WHERE finished = 0")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from mqi import slurm
-from mqi.slurm import Phase
+from mqi.slurm import Phase, backend
+from mqi.transport import LocalTransport
 
 RECORDED = Path(__file__).parent / "recorded"
 
@@ -74,6 +76,24 @@ def test_sacct_expands_a_collapsed_pending_array(rec: Recording) -> None:
     waiting = jobs[f"{rec.pending_array}_3"]
     assert waiting.state == "PENDING" and waiting.raw_id == rec.pending_array
     assert slurm.phase_of(jobs[f"{rec.pending_array}_0"])[0] is Phase.RUNNING
+
+
+def test_sacct_lines_of_live_jobs_are_skipped_and_the_merge_is_the_same(rec: Recording) -> None:
+    text = rec.read("sacct_pending_array.txt")
+    array = rec.pending_array
+    # a collapsed array line goes only when squeue lists every one of its tasks live
+    some = {f"{array}_{i}" for i in (1, 2)}
+    assert sorted(by_id(slurm.parse_sacct(text, skip=some))) == [f"{array}_{i}" for i in range(5)]
+    every = {f"{array}_{i}" for i in range(5)}
+    assert slurm.parse_sacct(text, skip=every) == []
+    sacct, squeue = (
+        slurm.parse_sacct(rec.read("sacct_mixed.txt")),
+        slurm.parse_squeue(rec.read("squeue_running.txt")),
+    )
+    live = slurm.live_job_ids(squeue)
+    skipped = slurm.parse_sacct(rec.read("sacct_mixed.txt"), skip=live)
+    assert live and len(skipped) < len(sacct)
+    assert slurm.merge_records(skipped, squeue) == slurm.merge_records(sacct, squeue)
 
 
 def test_sacct_pending_reason_is_the_one_slurm_printed() -> None:
@@ -144,17 +164,149 @@ def test_unknown_state_is_never_terminal() -> None:
     assert phase not in slurm.TERMINAL and reason == "unknown Slurm state WEIRD"
 
 
-def test_sacct_commands_chunk_ids_and_bound_the_start_time() -> None:
+def test_sacct_id_lists_split_only_at_the_kernel_cap_on_one_argument() -> None:
+    # 5,000 tracked jobs (array tasks share their parent's id): one list, one sacct
+    ids = [str(i) for i in range(300000, 305000)] + ["300001_0", "300001_1"]
+    (one,) = slurm.sacct_id_lists(ids)
+    assert one.split(",") == [str(i) for i in range(300000, 305000)]
+    # 20,000 ids of 7 digits are 160 KB: two lists, each one argument sacct can be given
+    many = [str(i) for i in range(1000000, 1020000)]
+    lists = slurm.sacct_id_lists(many)
+    assert len(lists) == 2
+    assert all(len(ids.encode()) <= slurm.ARGUMENT_MAX_BYTES for ids in lists)
+    assert ",".join(lists).split(",") == many
+    assert slurm.sacct_id_lists([]) == []
+
+
+def test_sacct_commands_bound_the_start_time_and_fit_one_argument() -> None:
     since = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    commands = slurm.sacct_commands([str(i) for i in range(1, 2101)] + ["5_1", "5_2"], since)
-    assert len(commands) == 3
-    assert all(" -S " in command and "--parsable2" in command for command in commands)
-    assert "-j 1,2,3," in commands[0]
-    # just over one chunk: two equal calls (run side by side), not a full one and a stub
-    commands = slurm.sacct_commands([str(i) for i in range(1, 1003)], since)
-    assert [command.rsplit(" -j ", 1)[1].count(",") + 1 for command in commands] == [501, 501]
-    (one,) = slurm.sacct_commands([str(i) for i in range(1, 1001)], since)
-    assert one.endswith(",1000")
+    (one,) = slurm.sacct_commands([str(i) for i in range(1, 5001)] + ["5_1", "5_2"], since)
+    assert " -S 2026-01-01T11:55:00 " in one and "--parsable2" in one and one.startswith("TZ=UTC sacct")
+    assert one.endswith(" -j 1,2,3,4,5,6") is False and one.endswith(",4999,5000")
+    commands = slurm.sacct_commands([str(i) for i in range(1000000, 1020000)], since)
+    assert len(commands) == 2
+    assert all(len(command.encode()) <= slurm.ARGUMENT_MAX_BYTES for command in commands)
+
+
+# -- the poll's query: real bash, sacct and squeue printing what 22.05 printed (recorded/) --
+
+
+def fake_slurm(bin_dir: Path, sacct_rc: int = 0, squeue_rc: int = 0) -> Path:
+    """sacct and squeue that log their arguments and print the recorded output."""
+    log = bin_dir / "calls.log"
+    bin_dir.mkdir(exist_ok=True)
+    for tool, text, rc in (
+        ("sacct", RECORDED / "sacct_mixed.txt", sacct_rc),
+        ("squeue", RECORDED / "squeue_running.txt", squeue_rc),
+    ):
+        script = bin_dir / tool
+        script.write_text(
+            "#!/bin/bash\n"
+            # one write per call: sacct and squeue may run side by side
+            f"IFS=$'\\x1f'; line=\"{tool}$IFS$TZ$IFS$*\"; printf '%s\\n' \"$line\" >> {log}\n"
+            f"[ {rc} = 0 ] || {{ echo '{tool}: error: Unable to contact slurm' >&2; exit {rc}; }}\n"
+            f"tail -n +{2 if tool == 'sacct' else 1} {text}\n"
+        )
+        script.chmod(0o755)
+    return log
+
+
+def calls(log: Path) -> list[list[str]]:
+    return [line.split("\x1f") for line in log.read_text().splitlines() if line] if log.exists() else []
+
+
+def recorded_merge() -> dict[str, slurm.JobRecord]:
+    sacct = slurm.parse_sacct((RECORDED / "sacct_mixed.txt").read_text())
+    return slurm.merge_records(sacct, slurm.parse_squeue((RECORDED / "squeue_running.txt").read_text()))
+
+
+@pytest.fixture
+def fake_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    return tmp_path / "bin"
+
+
+def test_sacct_takes_5000_ids_on_stdin_in_one_call(fake_path: Path) -> None:
+    log = fake_slurm(fake_path)
+    ids = [str(i) for i in range(300000, 305000)] + [f"300002_{n}" for n in range(4)]
+    query = slurm.sacct_stdin_command(ids, datetime(2026, 11, 22, 0, 40, tzinfo=UTC))
+    assert query.slurm_commands == 1
+    assert len(query.command) < 1000 and "300000" not in query.command  # no ids in the command line
+    result = LocalTransport().run(query.command, stdin=query.stdin)
+    assert result.ok, result.stderr
+    (sacct,) = calls(log)
+    assert sacct[:2] == ["sacct", "UTC"] and sacct[-2:] == ["-j", ",".join(ids[:5000])]
+    assert sacct[sacct.index("-S") + 1] == "2026-11-22T00:35:00"
+    assert result.stdout == "".join((RECORDED / "sacct_mixed.txt").read_text().splitlines(True)[1:])
+
+
+def test_beyond_one_argument_one_sacct_per_list(fake_path: Path) -> None:
+    log = fake_slurm(fake_path)
+    ids = [str(i) for i in range(1000000, 1020000)]
+    query = slurm.sacct_stdin_command(ids, datetime(2026, 11, 22, tzinfo=UTC))
+    assert query.slurm_commands == 2
+    assert LocalTransport().run(query.command, stdin=query.stdin).ok
+    assert [c[-1] for c in calls(log)] == slurm.sacct_id_lists(ids)
+
+
+def test_ids_that_did_not_arrive_fail_the_sacct_step(fake_path: Path) -> None:
+    fake_slurm(fake_path)
+    ids = [str(i) for i in range(1000000, 1020000)]
+    query = slurm.sacct_stdin_command(ids, datetime(2026, 11, 22, tzinfo=UTC))
+    for cut in ("", query.stdin.splitlines()[0] + "\n"):
+        result = LocalTransport().run(query.command, stdin=cut)
+        assert not result.ok and "lines of job ids arrived" in result.stderr
+
+
+def test_sacct_is_asked_only_about_jobs_squeue_does_not_list_live() -> None:
+    live = slurm.live_job_ids(slurm.parse_squeue((RECORDED / "squeue_running.txt").read_text()))
+    assert live == {"6_3", "6_4", "6_5", "7", "8", "9"}
+    # 7 is live; 10 is gone from squeue (finished or lost); array 6 lost tasks 0-2 to sacct
+    assert slurm.needs_sacct(["7", "10", "6"], live, {"6": "0-5"}) == ["10", "6"]
+    # an array whose every task squeue lists live is squeue's alone; one of unknown spec is asked
+    assert slurm.needs_sacct(["6"], live, {"6": "3-5%2"}) == []
+    assert slurm.needs_sacct(["6"], live) == ["6"]
+
+
+@pytest.fixture(params=["side by side", "squeue first"])
+def strategy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the query runs: sacct of every job beside squeue (up to SIDE_BY_SIDE_JOBS
+    jobs), or squeue first and sacct of the jobs it does not list live (beyond)."""
+    monkeypatch.setattr(backend, "SIDE_BY_SIDE_JOBS", 10**6 if request.param == "side by side" else 0)
+    return str(request.param)
+
+
+def test_query_merges_the_recorded_answers(fake_path: Path, strategy: str) -> None:
+    log = fake_slurm(fake_path)
+    since = datetime(2026, 11, 22, tzinfo=UTC)
+    answer = backend.CliBackend(LocalTransport()).query(["7", "10", "6"], since, arrays={"6": "0-5"})
+    assert answer.error is None and not answer.accounting_down and answer.commands == 2
+    made = calls(log)
+    assert sorted(c[0] for c in made) == ["sacct", "squeue"]
+    (sacct,) = [c for c in made if c[0] == "sacct"]
+    if strategy == "squeue first":
+        assert made[0][0] == "squeue" and sacct[-1] == "6,10"  # not 7: squeue lists it live
+    else:
+        assert sacct[-1] == "6,7,10"
+    assert answer.records == recorded_merge()
+
+
+def test_query_tells_accounting_down_every_cycle(fake_path: Path, strategy: str) -> None:
+    log = fake_slurm(fake_path, sacct_rc=1)
+    answer = backend.CliBackend(LocalTransport()).query(["8", "7", "9"], datetime(2026, 11, 22, tzinfo=UTC))
+    # every job is live in squeue: squeue first still asks sacct about one
+    asked = [c[-1] for c in calls(log) if c[0] == "sacct"]
+    assert asked == (["8"] if strategy == "squeue first" else ["7,8,9"])
+    assert answer.accounting_down and answer.records is not None and "accounting" in answer.warnings[0]
+    assert set(answer.records) >= {"6_3", "7", "8", "9"}  # squeue's
+
+
+def test_query_tells_slurm_down_from_accounting_down(fake_path: Path, strategy: str) -> None:
+    log = fake_slurm(fake_path, squeue_rc=1)
+    answer = backend.CliBackend(LocalTransport()).query(["7"], datetime(2026, 11, 22, tzinfo=UTC))
+    assert answer.records is None and answer.error and "Slurm did not answer" in answer.error
+    if strategy == "squeue first":
+        assert [c[0] for c in calls(log)] == ["squeue"]  # nothing concluded, nothing more asked
 
 
 def test_submit_output_parsing() -> None:
