@@ -180,10 +180,10 @@ def test_within_0_1_points_of_pymedphys_on_the_cropped_aptg_pair(aptg, text, dos
     crop = (slice(50, 62), slice(None), slice(None))  # a slab through the isocentre, whole field
     reference = DoseGrid(plan.values[crop], plan.x[crop[2]], plan.y[crop[1]], plan.z[crop[0]])
     evaluated = beams.shifted(dx=2.0).scaled(1.03)
-    # pymedphys samples spherical shells at DTA/10, we sample a cubic lattice: on this slab
-    # (mostly field edge) the two differ by up to 0.17 points (ours at DTA/10: +0.06 at
-    # 3%/3 mm, -0.17 at 2%/2 mm; at DTA/20: +0.13, +0.15). On the whole APTG grid the
-    # default is within 0.05 points (bench/bench_gamma.py checks the 0.1-point target there).
+    # pymedphys samples spherical shells about DTA/10 apart and reads low where a finer
+    # search finds a passing point: on this slab (mostly field edge) at 2%/2 mm it reads
+    # 58.695% at interp_fraction 10 and 58.812% at 20; ours (every DTA/40 lattice point)
+    # 58.861%, at DTA/80 58.865%. The whole-grid figures are in bench/bench_gamma.py.
     ours = gamma_index(reference, evaluated, parse_criterion(text))
     finer = gamma_index(reference, evaluated, parse_criterion(text), steps=20)
     gamma = pymedphys.gamma(
