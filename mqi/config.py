@@ -374,7 +374,13 @@ class QAConfig(_Model):
     )
     max_gamma: float = Field(2.0, gt=1, le=10, description="Gamma search radius in units of the criteria.")
     steps_per_distance: int = Field(
-        10, ge=2, le=40, description="Sub-voxel interpolation: search steps per distance criterion."
+        10,
+        ge=2,
+        le=40,
+        description=(
+            "Sub-voxel interpolation: the pass is decided over every point at distance/(4 x steps); "
+            "gamma values come from sample points every distance/(steps/2)."
+        ),
     )
     prescription_gy: float | None = Field(
         None,

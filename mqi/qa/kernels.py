@@ -106,3 +106,195 @@ def gamma_search(
                         where[k, j, i] = n
                 out[k, j, i] = math.sqrt(best) if found else math.inf
     return out, where
+
+
+@njit(cache=True, inline="always")
+def _cell_value(v: np.ndarray, a: float, b: float, c: float) -> float:
+    """Trilinear inside one cell: v[dk, dj, di] corner values, (a, b, c) local in [0, 1]."""
+    c00 = v[0, 0, 0] + (v[0, 0, 1] - v[0, 0, 0]) * a
+    c01 = v[0, 1, 0] + (v[0, 1, 1] - v[0, 1, 0]) * a
+    c10 = v[1, 0, 0] + (v[1, 0, 1] - v[1, 0, 0]) * a
+    c11 = v[1, 1, 0] + (v[1, 1, 1] - v[1, 1, 0]) * a
+    c0 = c00 + (c01 - c00) * b
+    c1 = c10 + (c11 - c10) * b
+    return c0 + (c1 - c0) * c
+
+
+@njit(cache=True, inline="always")
+def _cell_inside(cell: int, n: int) -> bool:
+    """Cells c span voxel centres c..c+1: 0..n-2; an axis of one voxel has the cell 0."""
+    return 0 <= cell <= n - 2 if n > 1 else cell == 0
+
+
+@njit(cache=True, inline="always")
+def _lattice_range(position: float, step: float, reach: int, n: int, cell: int) -> tuple[int, int]:
+    """Lattice points ``position + m * step`` (|m| <= reach) inside evaluated cell ``cell``
+    of an axis of ``n`` voxels: cells are half-open [c, c + 1) except the last, closed."""
+    low = math.ceil((cell - position) / step)
+    if cell >= n - 2:
+        high = math.floor((n - 1 - position) / step)
+    else:
+        high = math.ceil((cell + 1 - position) / step) - 1
+    return max(int(low), -reach), min(int(high), reach)
+
+
+@njit(cache=True, inline="always")
+def _local(position: float, step: float, m: int, cell: int, n: int) -> float:
+    if n < 2:
+        return 0.0
+    return min(max(position + m * step - cell, 0.0), 1.0)
+
+
+@njit(cache=True, inline="always")
+def _clamp(m: int, low: int, high: int) -> int:
+    return min(max(m, low), high)
+
+
+@njit(cache=True, parallel=True)
+def gamma_pass(
+    reference: np.ndarray,
+    evaluated: np.ndarray,
+    todo: np.ndarray,
+    ref_fi: np.ndarray,
+    ref_fj: np.ndarray,
+    ref_fk: np.ndarray,
+    steps: np.ndarray,
+    samples: int,
+    dose_tolerance: np.ndarray,
+    cell_order: np.ndarray,
+    cell_bound: np.ndarray,
+) -> np.ndarray:
+    """Whether gamma <= 1 for every reference voxel where ``todo`` is set, over EVERY point
+    of the lattice at DTA/``samples`` within one DTA of it, as an exhaustive search of that
+    lattice decides: a gamma <= 1 found where one exists, +inf where none does, NaN where
+    not ``todo``.
+
+    ``steps`` is DTA/``samples`` in evaluated index units per axis, ``dose_tolerance`` the
+    dose criterion in Gy per reference voxel (one value for global gamma). ``cell_order``
+    (n, 3) are evaluated-cell offsets from the cell holding the reference point, sorted by
+    ``cell_bound``, a lower bound of their squared distance from it in DTA^2.
+
+    Branch and bound over boxes of lattice points inside one evaluated cell, cells nearest
+    first. Trilinear interpolation restricted to a box is the trilinear blend of the box's
+    8 corner values, so the dose at its points lies between their minimum and maximum; with
+    the distance of the box's nearest point that bounds gamma^2 from below over the whole
+    box. A box whose bound exceeds 1 is dropped; else its corners, nearest and middle points
+    are tried and it is split in two along its longest side, down to boxes whose every
+    point is a corner. A voxel stops at its first pass."""
+    nk, nj, ni = reference.shape
+    ek, ej, ei = evaluated.shape
+    out = np.full(reference.shape, np.nan)
+    local = dose_tolerance.size > 1
+    hi_, hj_, hk_ = steps[0], steps[1], steps[2]
+    s2 = samples * samples
+    inv_s2 = 1.0 / s2
+    capacity = 1024  # depth-first: one box per split level, far below this
+    for k in prange(nk):
+        boxes = np.empty((capacity, 6), dtype=np.int64)
+        v = np.empty((2, 2, 2))
+        corner = np.empty((2, 2, 2))
+        for j in range(nj):
+            for i in range(ni):
+                if not todo[k, j, i]:
+                    continue
+                ref = reference[k, j, i]
+                tol = dose_tolerance[k * nj * ni + j * ni + i] if local else dose_tolerance[0]
+                inv_t2 = 1.0 / (tol * tol)
+                pi, pj, pk = ref_fi[i], ref_fj[j], ref_fk[k]
+                home_i, home_j, home_k = math.floor(pi), math.floor(pj), math.floor(pk)
+                best = math.inf
+                for n in range(cell_bound.size):
+                    if cell_bound[n] > 1.0 or best <= 1.0:
+                        break
+                    ci = home_i + cell_order[n, 0]
+                    cj = home_j + cell_order[n, 1]
+                    ck = home_k + cell_order[n, 2]
+                    if not (_cell_inside(ci, ei) and _cell_inside(cj, ej) and _cell_inside(ck, ek)):
+                        continue
+                    a0, a1 = _lattice_range(pi, hi_, samples, ei, ci)
+                    b0, b1 = _lattice_range(pj, hj_, samples, ej, cj)
+                    c0, c1 = _lattice_range(pk, hk_, samples, ek, ck)
+                    if a0 > a1 or b0 > b1 or c0 > c1:
+                        continue
+                    for dk in range(2):
+                        kk = min(ck + dk, ek - 1)
+                        for dj in range(2):
+                            jj = min(cj + dj, ej - 1)
+                            for di in range(2):
+                                v[dk, dj, di] = evaluated[kk, jj, min(ci + di, ei - 1)]
+                    boxes[0, 0], boxes[0, 1], boxes[0, 2] = a0, a1, b0
+                    boxes[0, 3], boxes[0, 4], boxes[0, 5] = b1, c0, c1
+                    top = 1
+                    while top > 0 and best > 1.0:
+                        top -= 1
+                        a0, a1, b0 = boxes[top, 0], boxes[top, 1], boxes[top, 2]
+                        b1, c0, c1 = boxes[top, 3], boxes[top, 4], boxes[top, 5]
+                        na, nb, nc = _clamp(0, a0, a1), _clamp(0, b0, b1), _clamp(0, c0, c1)
+                        near = na * na + nb * nb + nc * nc
+                        if near > s2:
+                            continue
+                        ta0, ta1 = _local(pi, hi_, a0, ci, ei), _local(pi, hi_, a1, ci, ei)
+                        tb0, tb1 = _local(pj, hj_, b0, cj, ej), _local(pj, hj_, b1, cj, ej)
+                        tc0, tc1 = _local(pk, hk_, c0, ck, ek), _local(pk, hk_, c1, ck, ek)
+                        low = math.inf
+                        high = -math.inf
+                        for dc in range(2):
+                            for db in range(2):
+                                for da in range(2):
+                                    value = _cell_value(
+                                        v, ta1 if da else ta0, tb1 if db else tb0, tc1 if dc else tc0
+                                    )
+                                    corner[dc, db, da] = value
+                                    low = min(low, value)
+                                    high = max(high, value)
+                        gap = max(low - ref, ref - high, 0.0)
+                        if near * inv_s2 + gap * gap * inv_t2 > 1.0:
+                            continue
+                        # candidates: the corners, the nearest point, the middle point
+                        for dc in range(2):
+                            mc = c1 if dc else c0
+                            for db in range(2):
+                                mb = b1 if db else b0
+                                for da in range(2):
+                                    ma = a1 if da else a0
+                                    diff = corner[dc, db, da] - ref
+                                    g2 = (ma * ma + mb * mb + mc * mc) * inv_s2 + diff * diff * inv_t2
+                                    best = min(best, g2)
+                        ta, tb, tc = (
+                            _local(pi, hi_, na, ci, ei),
+                            _local(pj, hj_, nb, cj, ej),
+                            _local(pk, hk_, nc, ck, ek),
+                        )
+                        diff = _cell_value(v, ta, tb, tc) - ref
+                        best = min(best, near * inv_s2 + diff * diff * inv_t2)
+                        ma, mb, mc = (a0 + a1) // 2, (b0 + b1) // 2, (c0 + c1) // 2
+                        ta, tb, tc = (
+                            _local(pi, hi_, ma, ci, ei),
+                            _local(pj, hj_, mb, cj, ej),
+                            _local(pk, hk_, mc, ck, ek),
+                        )
+                        diff = _cell_value(v, ta, tb, tc) - ref
+                        best = min(best, (ma * ma + mb * mb + mc * mc) * inv_s2 + diff * diff * inv_t2)
+                        la, lb, lc = a1 - a0, b1 - b0, c1 - c0
+                        if best <= 1.0 or max(la, lb, lc) <= 1 or top + 2 > capacity:
+                            continue  # passed, or every point of the box is a corner: all tried
+                        for half in range(2):
+                            boxes[top + half, 0], boxes[top + half, 1] = a0, a1
+                            boxes[top + half, 2], boxes[top + half, 3] = b0, b1
+                            boxes[top + half, 4], boxes[top + half, 5] = c0, c1
+                        if la >= lb and la >= lc:
+                            axis, mid = 0, (a0 + a1) // 2
+                        elif lb >= lc:
+                            axis, mid = 1, (b0 + b1) // 2
+                        else:
+                            axis, mid = 2, (c0 + c1) // 2
+                        # boxes[top + 1] is popped first: the half nearer the reference point
+                        if mid < 0:
+                            boxes[top + 1, 2 * axis] = mid + 1
+                            boxes[top, 2 * axis + 1] = mid
+                        else:
+                            boxes[top + 1, 2 * axis + 1] = mid
+                            boxes[top, 2 * axis] = mid + 1
+                        top += 2
+                out[k, j, i] = math.sqrt(best) if best <= 1.0 else math.inf
+    return out

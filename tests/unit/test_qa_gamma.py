@@ -43,8 +43,10 @@ def test_aptg_shifted_and_scaled_beam_sum_gives_the_known_pass_rates(aptg) -> No
     evaluated = beams.shifted(dx=2.0).scaled(1.03)
     three = gamma_index(plan, evaluated, parse_criterion("3%/3mm/10%"))
     two = gamma_index(plan, evaluated, parse_criterion("2%/2mm/10%"))
-    assert 94.2 <= three.pass_rate <= 94.3
-    assert 68.6 <= two.pass_rate <= 68.9
+    # The known answers are stated to 0.1 points; the exhaustive search at DTA/40 reads
+    # 94.301% and 68.917%, the continuous trilinear minimum 94.307% and 68.926%.
+    assert 94.2 <= round(three.pass_rate, 1) <= 94.3
+    assert 68.6 <= round(two.pass_rate, 1) <= 68.9
 
 
 def test_an_evaluated_grid_smaller_than_the_reference_counts_as_failing_coverage(aptg) -> None:
@@ -141,20 +143,19 @@ def smooth_random_pair(seed: int) -> tuple[DoseGrid, DoseGrid]:
     return reference, DoseGrid(noisy, fine_x, fine_y, fine_z)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-@pytest.mark.parametrize("text", ["3%/3mm/10%", "2%/2mm/10%", "3%/2mm/10% local"])
-def test_pass_rate_within_0_05_points_of_an_exhaustive_search(seed: int, text: str) -> None:
-    # Rough random fields need fine steps (qa.steps_per_distance 40); the default 10 is
-    # enough on clinical doses (the APTG known answers) and reads low, never high, here.
+@pytest.mark.parametrize("seed", [1, 2, 4])
+@pytest.mark.parametrize("text", ["3%/3mm/10%", "2%/2mm/10%", "3%/2mm/10% local", "2.5%/2.5mm/10%"])
+def test_default_pass_rate_within_0_05_points_of_an_exhaustive_search(seed: int, text: str) -> None:
+    # Rough random fields on different grids: the pass/fail boundary is decided by single
+    # evaluated voxels, where a DTA/10 lattice alone read up to 1.2 points low.
     reference, evaluated = smooth_random_pair(seed)
     criterion = parse_criterion(text)
     exhaustive = brute_force_pass_rate(reference, evaluated, criterion, steps=40)
     assert 90.0 < exhaustive < 99.95  # a pair with failing voxels
-    assert gamma_index(reference, evaluated, criterion, steps=40).pass_rate == pytest.approx(
-        exhaustive, abs=0.05
-    )
-    default = gamma_index(reference, evaluated, criterion).pass_rate
-    assert exhaustive - 1.0 < default <= exhaustive + 0.05
+    default = gamma_index(reference, evaluated, criterion)
+    assert default.pass_rate == pytest.approx(exhaustive, abs=0.05)
+    finer = gamma_index(reference, evaluated, criterion, steps=20)
+    assert finer.pass_rate == pytest.approx(exhaustive, abs=0.05)
 
 
 def test_gamma_values_are_the_minimum_over_the_search_sphere() -> None:
@@ -162,7 +163,7 @@ def test_gamma_values_are_the_minimum_over_the_search_sphere() -> None:
     x = np.arange(0.0, 10.01, 0.5)
     reference = DoseGrid(np.tile(x / 10, (3, 3, 1)), x, np.arange(3.0), np.arange(3.0))
     evaluated = DoseGrid(reference.values + 0.02, x, np.arange(3.0), np.arange(3.0))
-    result = gamma_index(reference, evaluated, GammaCriterion(3.0, 3.0, 0.0), steps=60, refine_margin=0)
+    result = gamma_index(reference, evaluated, GammaCriterion(3.0, 3.0, 0.0), steps=60)
     # along x only: gamma^2 = min over t of (t/3)^2 + ((0.02 + t/10) / 0.03)^2
     t = np.linspace(-3.0, 3.0, 60001)
     expected = math.sqrt(float(np.min((t / 3) ** 2 + ((0.02 + t / 10) / 0.03) ** 2)))
@@ -179,10 +180,10 @@ def test_within_0_1_points_of_pymedphys_on_the_cropped_aptg_pair(aptg, text, dos
     crop = (slice(50, 62), slice(None), slice(None))  # a slab through the isocentre, whole field
     reference = DoseGrid(plan.values[crop], plan.x[crop[2]], plan.y[crop[1]], plan.z[crop[0]])
     evaluated = beams.shifted(dx=2.0).scaled(1.03)
-    # pymedphys samples spherical shells at DTA/10, we sample a cubic lattice: on this slab
-    # (mostly field edge) the two differ by up to 0.17 points (ours at DTA/10: +0.06 at
-    # 3%/3 mm, -0.17 at 2%/2 mm; at DTA/20: +0.13, +0.15). On the whole APTG grid the
-    # default is within 0.05 points (bench/bench_gamma.py checks the 0.1-point target there).
+    # pymedphys samples spherical shells about DTA/10 apart and reads low where a finer
+    # search finds a passing point: on this slab (mostly field edge) at 2%/2 mm it reads
+    # 58.695% at interp_fraction 10 and 58.812% at 20; ours (every DTA/40 lattice point)
+    # 58.861%, at DTA/80 58.865%. The whole-grid figures are in bench/bench_gamma.py.
     ours = gamma_index(reference, evaluated, parse_criterion(text))
     finer = gamma_index(reference, evaluated, parse_criterion(text), steps=20)
     gamma = pymedphys.gamma(
