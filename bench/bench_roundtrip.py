@@ -606,8 +606,13 @@ def main() -> int:
         finally:
             service_connections = service.stop()
             load_after = os.getloadavg()
-            _run(admin, f"rm -rf {shlex.quote(remote_root)}")
             admin.close()
+            try:  # a fresh connection: sshd may have been restarted meanwhile
+                cleaner = _connect(env)
+                _run(cleaner, f"rm -rf {shlex.quote(remote_root)}")
+                cleaner.close()
+            except Exception as error:
+                print(f"could not remove {remote_root}: {error}", file=sys.stderr)
     floor_median = rows["floor"].median(lambda s: s.seconds) or float("nan")
     print()
     print(
