@@ -28,7 +28,7 @@ The post job converts doses but does not compare them (qa.enabled false; bench_g
 measures the comparison): the figure is the round trip, not the gamma computation.
 
 For every mqi row: results on disk after the post job's end, measured from the completion
-marker's mtime (results/summary.json, the post job's last write; the dev cluster's disk is
+marker's mtime (results/post.done, the post job's last write; the dev cluster's disk is
 this machine's) and from sacct's End of the post job (whole seconds); Slurm queries (the
 poll's sacct + squeue, counted in the mqi processes) and SSH connections opened.
 
@@ -113,7 +113,7 @@ sys.exit(hpcrocket.main(["hpc-rocket", *sys.argv[3:]], hpcrocket.ProductionServi
 @dataclass
 class Sample:
     seconds: float
-    lag_marker: float | None = None  # results on disk - summary.json mtime
+    lag_marker: float | None = None  # results on disk - post.done mtime
     lag_end: float | None = None  # results on disk - sacct End of the post job
     queries_waiting: int | None = None
     queries: int | None = None
@@ -248,7 +248,7 @@ def post_of(config: Path, results: Path) -> tuple[Path, str]:
         case = found[0]
         post = max((j for j in store.list_jobs(case.case_id) if j.step == "post"), key=lambda j: j.generation)
         assert case.remote_dir
-        return Path(case.remote_dir) / "results" / "summary.json", post.job_id
+        return Path(case.remote_dir) / "results" / "post.done", post.job_id
     finally:
         store.close()
 
@@ -461,7 +461,7 @@ def floor(env: dict[str, str], bundle: Path, remote: str, out: Path) -> Sample:
         client.close()
     if not state.startswith("COMPLETED"):
         raise Disturbed(f"the floor's post job ended {state}")
-    lag_marker, lag_end = lags(at, Path(results) / "summary.json", post)
+    lag_marker, lag_end = lags(at, Path(results) / "post.done", post)
     return Sample(at - start, lag_marker, lag_end, connections=1)
 
 

@@ -17,6 +17,7 @@ Layout of a bundle (paths relative to its root)::
     jobs/prepare.sbatch jobs/simulate.sbatch jobs/post.sbatch jobs/submit.sh
     logs/                    Slurm output files
     results/                 RT Dose files and summary.json, written by the post job
+    results/post.done        the post job's last write (its exit code): the completion marker
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 RESULTS_DIR = "results"
 SUMMARY_NAME = "summary.json"
+POST_DONE_NAME = "post.done"  # written last by post.sbatch, after summary.json and any clean-up
 QA_CONFIG_NAME = "qa_config.json"  # the `qa:` config the post job compares with
 EXIT_CODE_NAME = "exit_code"
 

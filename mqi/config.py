@@ -262,7 +262,8 @@ class PollConfig(_Model):
         ge=0,
         description="`mqi run`/`poll --wait`: the completion watch, a small process on the cluster "
         "(the cluster's Python, on the open SSH connection; no Slurm command) that stats each "
-        "active case's results/summary.json this often, and at once where inotify works. "
+        "active case's results/post.done (the post job's last write) this often, and at once "
+        "where inotify works. "
         "0: no watch, results come home with the mirror.",
     )
     gpu_usage_seconds: float = Field(

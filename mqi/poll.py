@@ -16,7 +16,15 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from mqi import slurm
-from mqi.bundle import RESULTS_DIR, SUMMARY_NAME, Summary, SummaryError, parse_summary, qa_line
+from mqi.bundle import (
+    POST_DONE_NAME,
+    RESULTS_DIR,
+    SUMMARY_NAME,
+    Summary,
+    SummaryError,
+    parse_summary,
+    qa_line,
+)
 from mqi.chain import mark_cancelled, record_chain, submit_chain
 from mqi.clock import now_iso, now_utc, parse_utc
 from mqi.config import Config
@@ -348,11 +356,11 @@ class Poller:
         self._record_delivery(case_id, summary, delivery.target, delivery.missing, report)
 
     def deliver_completed(self, case_ids: list[str]) -> PollReport:
-        """Cases whose post job wrote its summary (the completion marker, seen on the cluster):
-        their results come home now, without asking Slurm. Each chain's summary is removed
-        before the chain is submitted, so a marker is always the newest chain's. A case that
-        is no longer active (another poller delivered it) is left alone; one whose summary
-        went again waits for the mirror."""
+        """Cases whose post job ended (its completion marker, seen on the cluster): their
+        results come home now, without asking Slurm. Each chain's summary and marker are
+        removed before the chain is submitted, so a marker is always the newest chain's. A
+        case that is no longer active (another poller delivered it) is left alone; one
+        without a summary (post-processing failed) is settled by the mirror."""
         report = PollReport()
         with file_lock(self.config.state_dir / "locks" / "poll.lock", what="mqi poll"):
             for case in self.store.cases_by_id(case_ids).values():
@@ -445,8 +453,9 @@ class Poller:
 
 
 def completion_marker(remote_dir: str) -> str:
-    """What a case's post job writes last: ``results/summary.json`` (atomically, by rename)."""
-    return f"{remote_dir}/{RESULTS_DIR}/{SUMMARY_NAME}"
+    """What a case's post job writes last: ``results/post.done`` (by rename, after the
+    summary and any clean-up)."""
+    return f"{remote_dir}/{RESULTS_DIR}/{POST_DONE_NAME}"
 
 
 class _Background(Generic[_T]):
