@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from mqi.config import Config, load_config
 from mqi.errors import UsageError, one_line
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from mqi.actions import QueueRow
     from mqi.doctor import Check
     from mqi.intake import IntakeResult
-    from mqi.poll import PollReport
+    from mqi.poll import Follower, Poller, PollReport
     from mqi.render import RenderedBundle
     from mqi.scan import ScanReport
     from mqi.slurm.backend import SlurmBackend
@@ -214,9 +214,34 @@ class Session:
         delivered doses to the configured DICOM destinations."""
         from mqi.poll import Poller
 
-        report = self._recorded_cycle(Poller(self.config, self.store, self.transport, log=self.log).poll_once)
+        return self._mirror(Poller(self.config, self.store, self.transport, log=self.log))
+
+    def _mirror(self, poller: Poller) -> PollReport:
+        report = self._recorded_cycle(poller.poll_once)
         self._after_delivery(report.delivered)
         return report
+
+    def _deliver_completed(self, poller: Poller, case_ids: list[str]) -> PollReport:
+        """Cases the completion watch saw finish: results home without a Slurm query."""
+        report = poller.deliver_completed(case_ids)
+        if report.delivered:
+            downloaded = self._bytes_of(report.delivered)
+            self._record(lambda: self.store.add_counters({"bytes_downloaded": downloaded}))
+        self._log_state_changes()
+        self._after_delivery(report.delivered)
+        return report
+
+    def _follower(self, poller: Poller, *, interval: float, longest: float) -> Follower:
+        from mqi.poll import Follower
+
+        return Follower(
+            poller,
+            interval=interval,
+            longest=longest,
+            mirror=lambda: self._mirror(poller),
+            deliver=lambda case_ids: self._deliver_completed(poller, case_ids),
+            log=self.log,
+        )
 
     def _after_delivery(self, delivered: list[str]) -> None:
         """Delivered cases: their local bundle goes (retention.local_bundle), their doses are
@@ -241,22 +266,15 @@ class Session:
     def poll_until_done(
         self, *, timeout: float | None = None, on_cycle: Callable[[PollReport], None] | None = None
     ) -> PollReport:
-        """Poll until no case is active (backing off while nothing changes), or ``timeout`` s."""
-        from mqi.poll import Poller, poll_until_done
+        """Follow until no case is active, or ``timeout`` s: each case's results come home as
+        its post job ends (the completion watch, ``poll.watch_seconds``), and Slurm is mirrored
+        every ``poll.interval_seconds`` (see :class:`mqi.poll.Follower`)."""
+        from mqi.poll import Poller, follow_until_done
 
+        interval = self.config.poll.interval_seconds
         poller = Poller(self.config, self.store, self.transport, log=self.log)
-
-        def cycle(report: PollReport) -> None:
-            self._after_delivery(report.delivered)
-            if on_cycle is not None:
-                on_cycle(report)
-
-        return poll_until_done(
-            cast(Poller, _RecordedPoller(self, poller)),
-            timeout=timeout,
-            interval=self.config.poll.interval_seconds,
-            on_cycle=cycle,
-        )
+        follower = self._follower(poller, interval=interval, longest=interval * 4)
+        return follow_until_done(follower, timeout=timeout, on_cycle=on_cycle or (lambda _r: None))
 
     def listen(self, *, should_stop: Callable[[], bool]) -> None:
         """The DICOM Storage SCP (``dicom:``): each complete case received goes through the
@@ -293,44 +311,67 @@ class Session:
             self.log(f"received and submitted {outcome.case_id}")
 
     def run_service(self, *, interval: float | None = None, should_stop: Callable[[], bool]) -> None:
-        """Scan and poll until ``should_stop()``; survives every per-case and per-cycle error."""
+        """Scan, follow and deliver until ``should_stop()``; survives every per-case and
+        per-cycle error. Slurm is mirrored every ``interval`` s (poll.interval_seconds) while
+        cases are active; results come home as each post job ends (the completion watch); the
+        watch folder is scanned as it changes and every ``interval`` s."""
         import threading
+
+        from mqi.poll import Poller
 
         every = interval or self.config.poll.interval_seconds
         longest = max(every, self.config.poll.max_interval_seconds)
-        self.log(f"mqi run: scanning {self.config.watch_dir} and polling every {every:.0f}s")
+        self.log(f"mqi run: scanning {self.config.watch_dir} and mirroring Slurm every {every:.0f}s")
         if self.config.dicom is not None and self.config.dicom.allowed:
             listener = threading.Thread(
                 target=self.listen, kwargs={"should_stop": should_stop}, name="mqi-listen", daemon=True
             )
             listener.start()
-        delay, cleaned = every, float("-inf")
-        while not should_stop():
-            busy = False
-            for name, step in (("scan", self.scan), ("poll", self.poll)):
-                try:
-                    report = step()
+        poller = Poller(self.config, self.store, self.transport, log=self.log)
+        follower = self._follower(poller, interval=every, longest=longest)
+        next_scan, seen, cleaned = float("-inf"), self._watch_dir_stamp(), float("-inf")
+        try:
+            while not should_stop():
+                stamp = self._watch_dir_stamp()
+                if time.monotonic() >= next_scan or stamp != seen:
+                    seen, next_scan = stamp, time.monotonic() + every
+                    self._service_scan(follower)
+                if time.monotonic() - cleaned >= 24 * 3600:
+                    cleaned = time.monotonic()
+                    try:
+                        self.clean()
+                    except Exception as error:
+                        self.log(f"clean failed, retrying tomorrow: {one_line(error)}")
+                try:  # back here at least twice a second: a stop, a new folder in watch_dir
+                    reports = follower.step(min(next_scan, time.monotonic() + 0.5))
                 except Exception as error:  # the service keeps running; the next cycle retries
-                    self.log(f"{name} failed, retrying next cycle: {one_line(error)}")
-                    busy = True
+                    self.log(f"poll failed, retrying next cycle: {one_line(error)}")
+                    time.sleep(0.5)
                     continue
-                for case_id in getattr(report, "submitted", []):
-                    self.log(f"submitted {case_id}")
-                for case_id in getattr(report, "delivered", []):
-                    self.log(f"delivered {case_id}")
-                busy = busy or bool(getattr(report, "submitted", None) or getattr(report, "changes", 0))
-            if time.monotonic() - cleaned >= 24 * 3600:
-                cleaned = time.monotonic()
-                try:
-                    self.clean()
-                except Exception as error:
-                    self.log(f"clean failed, retrying tomorrow: {one_line(error)}")
-            # While nothing happens, Slurm is asked less and less often (poll.max_interval_seconds).
-            delay = every if busy else min(delay * 1.5, longest)
-            deadline = time.monotonic() + delay
-            while not should_stop() and time.monotonic() < deadline:
-                time.sleep(min(0.5, delay))
+                for report in reports:
+                    for case_id in report.delivered:
+                        self.log(f"delivered {case_id}")
+        finally:
+            follower.close()
         self.log("mqi run: stopped")
+
+    def _service_scan(self, follower: Follower) -> None:
+        try:
+            report = self.scan()
+        except Exception as error:  # the service keeps running; the next cycle retries
+            self.log(f"scan failed, retrying next cycle: {one_line(error)}")
+            return
+        for case_id in report.submitted:
+            self.log(f"submitted {case_id}")
+        if report.submitted:
+            follower.cases_changed()
+
+    def _watch_dir_stamp(self) -> int | None:
+        """Changes when a folder is added to, renamed into or removed from watch_dir."""
+        try:
+            return self.config.watch_dir.stat().st_mtime_ns
+        except OSError:
+            return None
 
     # -- looking and acting -------------------------------------------------------------
     def status(self, case_id: str | None = None) -> Any:
@@ -610,17 +651,6 @@ def _criteria(texts: list[str] | None) -> Any:
         return [criterion_config(text) for text in texts]
     except ValueError as error:
         raise UsageError(f"--criteria: {error} (write e.g. 3%/3mm/10% or 2%/2mm/10%>=90)") from None
-
-
-class _RecordedPoller:
-    """A poller whose every cycle is recorded (for ``poll_until_done``)."""
-
-    def __init__(self, session: Session, poller: Any) -> None:
-        self._session = session
-        self._poller = poller
-
-    def poll_once(self) -> PollReport:
-        return self._session._recorded_cycle(self._poller.poll_once)
 
 
 def _waited_ran(row: dict[str, Any], now: float) -> dict[str, float | None]:

@@ -17,6 +17,7 @@ Layout of a bundle (paths relative to its root)::
     jobs/prepare.sbatch jobs/simulate.sbatch jobs/post.sbatch jobs/submit.sh
     logs/                    Slurm output files
     results/                 RT Dose files and summary.json, written by the post job
+    results/post.done        the post job's last write (its exit code): the completion marker
     .local/ct_sources.json   workstation only, never uploaded: the sha256 of each CT
                              slice's source file, so that the next render of the case
                              reuses the int16 slices whose source did not change
@@ -37,6 +38,7 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 RESULTS_DIR = "results"
 SUMMARY_NAME = "summary.json"
+POST_DONE_NAME = "post.done"  # written last by post.sbatch, after summary.json and any clean-up
 QA_CONFIG_NAME = "qa_config.json"  # the `qa:` config the post job compares with
 EXIT_CODE_NAME = "exit_code"
 LOCAL_DIR = ".local"  # what the workstation keeps in a bundle for itself; never uploaded

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mqi import slurm
+from mqi.bundle import POST_DONE_NAME, RESULTS_DIR, SUMMARY_NAME
 from mqi.config import Config
 from mqi.slurm.backend import SlurmBackend
 from mqi.store import TERMINAL_BEAM_STATUSES, Store
@@ -25,10 +26,12 @@ def submit_chain(
 ) -> dict[str, str | None]:
     """Run the bundle's submit.sh and return its job ids.
 
-    A summary left by an earlier chain is removed first, so that a new post job that dies
-    early can never make the poller deliver the old results again.
+    A summary and completion marker left by an earlier chain are removed first, so that a
+    new post job that dies early can never make the poller deliver the old results again.
     """
-    stale = remove_command(f"{remote_dir}/results/summary.json")
+    stale = remove_command(f"{remote_dir}/{RESULTS_DIR}/{SUMMARY_NAME}") + remove_command(
+        f"{remote_dir}/{RESULTS_DIR}/{POST_DONE_NAME}"
+    )
     return backend.submit_chain(remote_dir, only_indices=only_indices, before=before + stale)
 
 

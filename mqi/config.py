@@ -257,10 +257,23 @@ class PollConfig(_Model):
     """How the poller follows Slurm."""
 
     interval_seconds: float = Field(
-        60, gt=0, description="`mqi run`/`poll --wait`: seconds between cycles while cases are active."
+        60,
+        gt=0,
+        description="`mqi run`/`poll --wait`: seconds between Slurm mirrors (one sacct + squeue) while "
+        "cases are active. Results do not wait for it while the completion watch runs (watch_seconds): "
+        "each case comes home as its post job ends, followed by one mirror.",
     )
     max_interval_seconds: float = Field(
-        300, gt=0, description="While nothing changes the wait between cycles grows up to this."
+        300, gt=0, description="`mqi run`: while no case is active the wait between mirrors grows up to this."
+    )
+    watch_seconds: float = Field(
+        0.25,
+        ge=0,
+        description="`mqi run`/`poll --wait`: the completion watch, a small process on the cluster "
+        "(the cluster's Python, on the open SSH connection; no Slurm command) that stats each "
+        "active case's results/post.done (the post job's last write) this often, and at once "
+        "where inotify works. "
+        "0: no watch, results come home with the mirror.",
     )
     gpu_usage_seconds: float = Field(
         300, ge=0, description="Every this many seconds a cycle also reads the GPUs per partition (0: never)."

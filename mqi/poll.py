@@ -18,7 +18,15 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from mqi import slurm
-from mqi.bundle import RESULTS_DIR, SUMMARY_NAME, Summary, SummaryError, parse_summary, qa_line
+from mqi.bundle import (
+    POST_DONE_NAME,
+    RESULTS_DIR,
+    SUMMARY_NAME,
+    Summary,
+    SummaryError,
+    parse_summary,
+    qa_line,
+)
 from mqi.chain import mark_cancelled, record_chain, submit_chain
 from mqi.clock import now_iso, now_utc, parse_utc
 from mqi.config import Config
@@ -343,6 +351,9 @@ class Poller:
                     report,
                 )
             return
+        self._deliver_summary(case_id, remote_results, text, report)
+
+    def _deliver_summary(self, case_id: str, remote_results: str, text: str, report: PollReport) -> None:
         try:
             summary = parse_summary(text)
         except SummaryError as error:
@@ -352,6 +363,32 @@ class Poller:
             return
         delivery = deliver_results(self.transport, remote_results, self.config.results_dir, case_id, summary)
         self._record_delivery(case_id, summary, delivery.target, delivery.missing, report)
+
+    def deliver_completed(self, case_ids: list[str]) -> PollReport:
+        """Cases whose post job ended (its completion marker, seen on the cluster): their
+        results come home now, without asking Slurm. Each chain's summary and marker are
+        removed before the chain is submitted, so a marker is always the newest chain's. A
+        case that is no longer active (another poller delivered it) is left alone; one
+        without a summary (post-processing failed) is settled by the mirror."""
+        report = PollReport()
+        with file_lock(self.config.state_dir / "locks" / "poll.lock", what="mqi poll"):
+            for case in self.store.cases_by_id(case_ids).values():
+                if case.status not in ACTIVE_CASE_STATUSES or not case.remote_dir:
+                    continue
+                remote_results = f"{case.remote_dir}/{RESULTS_DIR}"
+                try:
+                    text = self.files.read_text(f"{remote_results}/{SUMMARY_NAME}")
+                    if text is not None:
+                        self._deliver_summary(case.case_id, remote_results, text, report)
+                except Exception as error:  # one case's trouble is that case's
+                    self._case_trouble(case.case_id, error, report)
+            report.active_cases = len(self.store.case_ids(sorted(ACTIVE_CASE_STATUSES)))
+        return report
+
+    def completion_markers(self) -> dict[str, str]:
+        """The completion marker of every active case on the cluster -> its case id."""
+        cases = self.store.list_cases(sorted(ACTIVE_CASE_STATUSES))
+        return {completion_marker(case.remote_dir): case.case_id for case in cases if case.remote_dir}
 
     def _record_delivery(
         self, case_id: str, summary: Summary, target: Any, missing: list[str], report: PollReport
@@ -422,6 +459,12 @@ class Poller:
         report.changes += 1
         report.failed.append(case_id)
         self.store.update_case(case_id, status="failed", reason=reason, error=f"{reason}: {error}")
+
+
+def completion_marker(remote_dir: str) -> str:
+    """What a case's post job writes last: ``results/post.done`` (by rename, after the
+    summary and any clean-up)."""
+    return f"{remote_dir}/{RESULTS_DIR}/{POST_DONE_NAME}"
 
 
 class _Background(Generic[_T]):
@@ -540,24 +583,151 @@ def _as_tasks(records: list[JobRecord], indices: str | None) -> list[JobRecord]:
     return [r._replace(job_id=f"{r.parent_id}_{only[0]}") for r in records[:1]]
 
 
-def poll_until_done(
-    poller: Poller,
-    *,
-    timeout: float | None,
-    interval: float,
-    on_cycle: Callable[[PollReport], None] = lambda _r: None,
-) -> PollReport:
-    """Poll until no case is active (or timeout); back off while nothing changes."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    delay = interval
-    while True:
-        report = poller.poll_once()
-        on_cycle(report)
-        if report.active_cases == 0:
-            return report
-        if deadline is not None and time.monotonic() >= deadline:
-            raise OperationalError(
-                f"{report.active_cases} case(s) still active after {timeout:.0f}s; `mqi status` shows them"
+class Follower:
+    """`mqi run` and `mqi poll --wait`: results home as soon as a post job's summary appears
+    on the cluster, and the Slurm mirror on its own interval.
+
+    The completion watch (:class:`mqi.transport.watch.FileWatch`) runs on a channel of the
+    one open connection and only stats files: it asks Slurm nothing. Each completion it
+    sees is delivered at once, then one mirror follows (the other jobs' states). Otherwise
+    the mirror (sacct + squeue) runs every ``interval`` s while cases are active, backing off
+    up to ``longest`` while none is. When the watch cannot run or its connection drops,
+    the mirror alone brings results home (plain polling) and the watch is started again
+    with back-off (1 s, doubling, at most a minute).
+    """
+
+    SYNC_SECONDS = 2.0  # how often the watched cases are matched with the store
+    RETRY_LONGEST = 60.0
+
+    def __init__(
+        self,
+        poller: Poller,
+        *,
+        interval: float,
+        longest: float,
+        mirror: Callable[[], PollReport] | None = None,
+        deliver: Callable[[list[str]], PollReport] | None = None,
+        log: Callable[[str], None] = lambda _msg: None,
+    ) -> None:
+        from mqi.transport.watch import FileWatch
+
+        self.poller = poller
+        self.interval = interval
+        self.longest = max(interval, longest)
+        self.mirror = mirror or poller.poll_once
+        self.deliver = deliver or poller.deliver_completed
+        self.log = log
+        tick = poller.config.poll.watch_seconds
+        self.watch = (
+            FileWatch(poller.transport, poller.config.cluster.python, tick=tick) if tick > 0 else None
+        )
+        self.mirrors = 0
+        self._markers: dict[str, str] = {}
+        self._next_mirror = 0.0
+        self._delay = interval
+        self._synced = float("-inf")
+        self._retry_at = 0.0
+        self._retry_delay = 1.0
+        self._was_up = False
+
+    def step(self, until: float) -> list[PollReport]:
+        """Run what is due, then wait until ``until`` (``time.monotonic()``), the next mirror
+        or a completion, whichever comes first. The reports of what ran, in order."""
+        reports: list[PollReport] = []
+        if time.monotonic() >= self._next_mirror:
+            reports.append(self._mirror())
+        end = min(until, self._next_mirror)
+        while (left := end - time.monotonic()) > 0:
+            self._tend_watch()
+            if self.watch is None or not self.watch.up:
+                wake = self._retry_at if self.watch is not None else end
+                time.sleep(max(0.0, min(left, wake - time.monotonic(), self.SYNC_SECONDS)))
+                continue
+            try:
+                appeared = self.watch.wait(min(left, self.SYNC_SECONDS))
+            except OperationalError as error:
+                self._watch_down(error)
+                continue
+            case_ids = [self._markers[path] for path in appeared if path in self._markers]
+            if case_ids:
+                reports.append(self.deliver(case_ids))
+                reports.append(self._mirror())
+                break
+        return reports
+
+    def cases_changed(self) -> None:
+        """Cases were submitted (or settled) elsewhere: watch the store's set at once."""
+        self._synced = float("-inf")
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+
+    def _mirror(self) -> PollReport:
+        self._synced = float("-inf")  # cases came and went: watch the store's set again
+        self.mirrors += 1
+        self._next_mirror = time.monotonic() + self._delay  # even when the cycle fails
+        report = self.mirror()
+        # Slurm is asked every interval while cases are active, less and less often while not.
+        self._delay = self.interval if report.active_cases else min(self._delay * 1.5, self.longest)
+        self._next_mirror = time.monotonic() + self._delay
+        return report
+
+    def _tend_watch(self) -> None:
+        """Start the watch when it is down and due; keep its paths those of the active cases."""
+        watch = self.watch
+        if watch is None:
+            return
+        now = time.monotonic()
+        if not watch.up and now < self._retry_at:
+            return
+        try:
+            if now - self._synced >= self.SYNC_SECONDS or not watch.up:
+                self._markers = self.poller.completion_markers()
+                self._synced = now
+                watch.want(set(self._markers))
+            if not watch.up:
+                mode = watch.start()
+                self._retry_delay = 1.0
+                what = "back" if self._was_up else "on"
+                self.log(f"completion watch {what} ({mode}): results come home as each post job ends")
+                self._was_up = True
+        except OperationalError as error:
+            self._watch_down(error)
+
+    def _watch_down(self, error: Exception) -> None:
+        assert self.watch is not None
+        self.watch.stop()
+        if self._retry_delay == 1.0:  # once per outage, not at every attempt
+            self.log(
+                f"completion watch down ({one_line(error)}): Slurm is polled every "
+                f"{self.interval:.0f}s until it is back"
             )
-        delay = interval if report.changes else min(delay * 1.5, interval * 4)
-        time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+            # The mirror brings results home meanwhile: on its interval, not its back-off.
+            self._delay = self.interval
+            self._next_mirror = min(self._next_mirror, time.monotonic() + self.interval)
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, self.RETRY_LONGEST)
+
+
+def follow_until_done(
+    follower: Follower, *, timeout: float | None, on_cycle: Callable[[PollReport], None] = lambda _r: None
+) -> PollReport:
+    """Follow until no case is active (or ``timeout`` s): results home as each post job
+    ends, Slurm on the follower's interval."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    active = None
+    try:
+        while True:
+            until = time.monotonic() + 3600 if deadline is None else deadline
+            for report in follower.step(until):
+                on_cycle(report)
+                if report.active_cases == 0:
+                    return report
+                active = report.active_cases
+            if deadline is not None and time.monotonic() >= deadline:
+                raise OperationalError(
+                    f"{active or 'some'} case(s) still active after {timeout:.0f}s; `mqi status` shows them"
+                )
+    finally:
+        follower.close()

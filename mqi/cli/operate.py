@@ -35,7 +35,12 @@ def register(app: typer.Typer) -> None:
 
 
 def poll(
-    wait: Annotated[bool, typer.Option("--wait", help="Keep polling until no case is active.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Keep following until no case is active (results as each post job ends)."
+        ),
+    ] = False,
     timeout: Annotated[float | None, typer.Option(help="With --wait: give up after S seconds.")] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print nothing unless something failed.")
@@ -194,11 +199,15 @@ def scan(
 
 def run(
     interval: Annotated[
-        float | None, typer.Option(help="Seconds between cycles (poll.interval_seconds).", min=0.1)
+        float | None,
+        typer.Option(
+            help="Seconds between Slurm mirrors while cases are active (poll.interval_seconds).", min=0.1
+        ),
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Scan and poll for ever (for systemd); SIGTERM ends it cleanly after the current cycle."""
+    """Scan, follow and bring results home for ever (for systemd): each case's results as its
+    post job ends; SIGTERM ends it cleanly after the current step."""
     should_stop = _stop_on_signals()
     with session(config) as mqi:
         mqi.run_service(interval=interval, should_stop=should_stop)

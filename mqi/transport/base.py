@@ -39,6 +39,23 @@ class TransferStats:
     names: list[str] = field(default_factory=list)
 
 
+class LineStream(Protocol):
+    """A long-running command there: lines to its stdin, lines from its stdout."""
+
+    def send(self, line: str) -> None:
+        """One line to the command's stdin; TransportError once it ended."""
+        ...
+
+    def read_line(self, timeout: float) -> str | None:
+        """Its next stdout line (without the newline), or None when none came within
+        ``timeout`` s; TransportError once the command ended or its connection dropped."""
+        ...
+
+    def close(self) -> None:
+        """End the command (closing its stdin) and stop reading."""
+        ...
+
+
 class Transport(Protocol):
     """What orchestration needs from a place where Slurm commands run."""
 
@@ -58,6 +75,11 @@ class Transport(Protocol):
         self, remote_root: str, local_root: Path, names: Iterable[str], progress: Progress | None = None
     ) -> TransferStats:
         """Copy ``remote_root/<name>`` to ``local_root/<name>``."""
+        ...
+
+    def stream(self, command: str) -> LineStream:
+        """Start a long-running shell command there (over the SSH connection already open,
+        on its own channel) and talk to it line by line."""
         ...
 
     def close(self) -> None: ...

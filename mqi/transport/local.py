@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mqi.errors import TransportError
-from mqi.transport.base import CommandResult, Progress, TransferStats
+from mqi.transport.base import CommandResult, LineStream, Progress, TransferStats
+from mqi.transport.stream import QueuedLines
 
 
 class LocalTransport:
@@ -43,6 +44,37 @@ class LocalTransport:
         self, remote_root: str, local_root: Path, names: Iterable[str], progress: Progress | None = None
     ) -> TransferStats:
         return _copy_files(Path(remote_root), local_root, names, progress)
+
+    def stream(self, command: str) -> LineStream:
+        proc = subprocess.Popen(
+            ["bash", "-c", command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+
+        def write(data: bytes) -> None:
+            stdin.write(data)
+            stdin.flush()
+
+        def ended() -> str:
+            errors = stderr.read().decode("utf-8", errors="replace").strip().splitlines()
+            code = proc.wait()
+            return errors[-1] if errors else f"exit code {code}"
+
+        def stop() -> None:
+            try:
+                stdin.close()  # the command's cue to end by itself
+                proc.wait(timeout=2)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+
+        return QueuedLines(
+            readline=stdout.readline, write=write, ended=ended, stop=stop, what="local command"
+        )
 
     def close(self) -> None:
         pass

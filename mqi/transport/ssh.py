@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from mqi.config import ClusterConfig
 from mqi.errors import TransportError
 from mqi.shell import quote
-from mqi.transport.base import CommandResult, Progress, TransferStats
+from mqi.transport.base import CommandResult, LineStream, Progress, TransferStats
 from mqi.transport.files import tar_stream
+from mqi.transport.stream import QueuedLines
 
 if TYPE_CHECKING:
     import paramiko
@@ -38,7 +39,9 @@ class SSHTransport:
     # -- connection -----------------------------------------------------------
     def _connect(self):  # -> fabric.Connection
         if self._connection is not None:
-            return self._connection
+            if self._connection.is_connected:
+                return self._connection
+            self.close()  # it dropped (a restarted sshd, a network cut): connect again
         import fabric
         import paramiko
 
@@ -218,6 +221,39 @@ class SSHTransport:
             raise self._lost(err) from None
         stats.seconds = time.monotonic() - start
         return stats
+
+    def stream(self, command: str) -> LineStream:
+        """The command on a new channel of the one connection (no second login)."""
+        import paramiko
+
+        connection = self._connect()
+        try:
+            channel = connection.client.get_transport().open_session()
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError, AttributeError) as err:
+            raise self._lost(err) from None
+        stdout = channel.makefile("rb")
+
+        def ended() -> str:
+            code = channel.recv_exit_status()
+            errors = channel.makefile_stderr("rb").read().decode("utf-8", errors="replace").strip()
+            lines = errors.splitlines()
+            if lines:
+                return lines[-1]
+            return "the connection dropped" if code == -1 else f"exit code {code}"
+
+        def stop() -> None:
+            with contextlib.suppress(Exception):
+                channel.shutdown_write()  # EOF on its stdin: the command's cue to end
+            channel.close()
+
+        return QueuedLines(
+            readline=stdout.readline,
+            write=channel.sendall,
+            ended=ended,
+            stop=stop,
+            what=f"remote command over {self.description}",
+        )
 
     def close(self) -> None:
         if self._sftp is not None:

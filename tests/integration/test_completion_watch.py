@@ -1,0 +1,186 @@
+"""Results home as the post job ends, with Slurm asked once a minute: `mqi poll --wait` and
+`mqi run` watch the case folders on the cluster through the one SSH connection, and a
+dropped connection falls back to polling, reconnects and still delivers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+import mqi
+from mqi.slurm.backend import CliBackend
+from mqi.testing.synthetic import build_case
+from tests.helpers import cancel_case_jobs
+
+pytestmark = pytest.mark.cluster
+
+MIRROR_SECONDS = 60.0  # the shipped poll.interval_seconds
+
+
+@pytest.fixture
+def slurm_queries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When each poll query (sacct + squeue) ran: the real one, counted."""
+    times: list[float] = []
+    query = CliBackend.query
+
+    def counted(self: CliBackend, *args: object, **kwargs: object) -> object:
+        times.append(time.time())
+        return query(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CliBackend, "query", counted)
+    return times
+
+
+@pytest.fixture
+def uids() -> Iterator[list[str]]:
+    found: list[str] = []
+    yield found
+    for uid in found:
+        cancel_case_jobs(uid)
+
+
+class Arrival(threading.Thread):
+    """Notes when a folder appears (checked every 10 ms)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(daemon=True)
+        self.folder = folder
+        self.at: float | None = None
+        self.stop = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.at is None:
+            if self.folder.is_dir():
+                self.at = time.time()
+            time.sleep(0.01)
+
+
+def _marker(session: mqi.Session, case_id: str) -> Path:
+    case = session.store.require_case(case_id)
+    assert case.remote_dir, "the case has a folder on the cluster"
+    return Path(case.remote_dir) / "results" / "post.done"  # the dev cluster's disk is this one
+
+
+def _assert_queries_only_on_interval(queries: list[float], start: float, delivered: float) -> None:
+    """While only waiting, at most one Slurm query per mirror interval (the first at start)."""
+    waiting = [at for at in queries if at < delivered]
+    allowed = 1 + int((delivered - start) / MIRROR_SECONDS)
+    assert len(waiting) <= allowed, f"{len(waiting)} Slurm queries in {delivered - start:.0f}s of waiting"
+
+
+def test_poll_wait_brings_results_home_as_the_post_job_ends(
+    make_config: Callable[..., Path], tmp_path: Path, slurm_queries: list[float], uids: list[str]
+) -> None:
+    config = make_config(poll={"interval_seconds": MIRROR_SECONDS, "watch_seconds": 0.25})
+    case_dir = tmp_path / "Watched"
+    build_case(case_dir, ct_shape=(32, 32, 20), layers=2, spots_per_layer=9)
+    messages: list[str] = []
+    with mqi.open(config, log=messages.append) as session:
+        outcome = session.submit(case_dir)
+        uids.append(outcome.case_uid)
+        arrival = Arrival(session.config.results_dir / outcome.case_id)
+        start = time.time()
+        report = session.poll_until_done(timeout=300)
+        arrival.stop.set()
+        marker = _marker(session, outcome.case_id)
+        status = session.status(outcome.case_id)
+        connections = session.transport.connections_opened  # type: ignore[attr-defined]
+    assert report.active_cases == 0
+    assert status["status"] == "completed", status
+    assert arrival.at is not None, "the results folder appeared"
+    late = arrival.at - marker.stat().st_mtime
+    assert late <= 1.0, f"results on disk {late:.2f}s after the post job's last write"
+    assert any("completion watch on" in m for m in messages), messages
+    _assert_queries_only_on_interval(slurm_queries, start, arrival.at)
+    assert len(slurm_queries) <= 2 + int((time.time() - start) / MIRROR_SECONDS), "one more on completion"
+    assert connections == 1, "the watch rides on the one SSH connection"
+    assert sorted(p.name for p in Path(status["results_dir"]).glob("*.dcm")) == [
+        "RD.beam1.dcm",
+        "RD.beam2.dcm",
+        "RD.plan.dcm",
+    ]
+
+
+def _kill_sshd_session_of(session: mqi.Session) -> None:
+    """Kill the sshd processes serving this session's connection (and no one else's)."""
+    connection = session.transport._connection  # type: ignore[attr-defined]
+    assert connection is not None, "the session is connected"
+    client_port = connection.client.get_transport().sock.getsockname()[1]
+    port = os.environ["MQI_TEST_SSH_PORT"]
+    text = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( sport = :{port} and dport = :{client_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pids = {int(part.split("=")[1]) for part in text.replace(",", " ").split() if part.startswith("pid=")}
+    assert pids, f"no sshd serves port {client_port}: {text!r}"
+    for pid in pids:
+        subprocess.run(["pkill", "-KILL", "-P", str(pid)], capture_output=True)
+        with contextlib.suppress(ProcessLookupError):  # gone with its child
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_mqi_run_survives_a_dropped_connection_and_still_delivers(
+    make_config: Callable[..., Path], tmp_path: Path, slurm_queries: list[float], uids: list[str]
+) -> None:
+    config = make_config(poll={"interval_seconds": MIRROR_SECONDS, "watch_seconds": 0.25})
+    messages: list[str] = []
+    stop = threading.Event()
+    sessions: list[mqi.Session] = []
+
+    def serve() -> None:  # the session lives on the service's thread, as in `mqi run`
+        with mqi.open(config, log=messages.append) as session:
+            sessions.append(session)
+            session.run_service(should_stop=stop.is_set)
+
+    def said(text: str) -> bool:
+        return any(text in m for m in messages)
+
+    service = threading.Thread(target=serve, daemon=True)
+    service.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not said("completion watch on") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert said("completion watch on"), messages
+        # A complete case folder arrives in watch_dir in one rename.
+        staging = tmp_path / "staging" / "Dropped"
+        build_case(staging, ct_shape=(32, 32, 20), layers=2, spots_per_layer=9)
+        results_dir = Path(yaml.safe_load(config.read_text())["results_dir"])
+        staging.rename(Path(yaml.safe_load(config.read_text())["watch_dir"]) / "Dropped")
+        deadline = time.monotonic() + 60
+        while not said("submitted ") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        submitted = [m.split()[1] for m in messages if m.startswith("submitted ")]
+        assert submitted, messages
+        case_id = submitted[0]
+        arrival = Arrival(results_dir / case_id)
+        _kill_sshd_session_of(sessions[0])
+        deadline = time.monotonic() + 300
+        while arrival.at is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        service.join(timeout=60)
+    with mqi.open(config) as reader:
+        status = reader.status(case_id)
+        uids.append(status["case_uid"])
+        marker = _marker(reader, case_id)
+    assert not service.is_alive(), "mqi run stopped when asked"
+    assert any("completion watch down" in m for m in messages), messages
+    assert any("completion watch back" in m for m in messages), messages
+    assert status["status"] == "completed", status
+    assert arrival.at is not None, "delivered after the drop"
+    assert arrival.at - marker.stat().st_mtime <= 1.0 + 1.0, "back within the first reconnect (1 s)"
+    assert len(list(Path(status["results_dir"]).glob("RD.*.dcm"))) == 3
