@@ -64,7 +64,9 @@ def test_cases_sent_by_storescu_come_back_to_storescp(
             {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port},
             {"ae_title": "DOWN", "host": "127.0.0.1", "port": down_port},
         ],
-        "send_retry": {"first_delay_seconds": 0.5, "factor": 1, "max_delay_seconds": 1, "max_attempts": 50},
+        # Attempts every 0.5-1 s while the APTG case runs (its first post job may compile the QA
+        # kernels): enough of them that the down destination is still being retried at the end.
+        "send_retry": {"first_delay_seconds": 0.5, "factor": 1, "max_delay_seconds": 1, "max_attempts": 1000},
     }
     config = tmp_path / "mqi-dicom.yaml"
     config.write_text(yaml.safe_dump(data))
