@@ -57,6 +57,9 @@ class PollReport:
     """One case could not be settled this cycle; recorded on the case, retried next cycle."""
     warnings: list[str] = field(default_factory=list)
     accounting_down: bool = False
+    jobs_unfinished: int = 0
+    """After the cycle: jobs Slurm has not reported ended (a delivered case's post job may
+    still be in its epilogue when its completion marker appears)."""
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -116,6 +119,7 @@ class Poller:
         ]
         self._settle_cases(settle, report)
         report.active_cases = len(self.store.case_ids(sorted(ACTIVE_CASE_STATUSES)))
+        report.jobs_unfinished = len(self.store.active_job_ids())
         return report
 
     def _gpu_usage_due(self) -> bool:
@@ -383,6 +387,7 @@ class Poller:
                 except Exception as error:  # one case's trouble is that case's
                     self._case_trouble(case.case_id, error, report)
             report.active_cases = len(self.store.case_ids(sorted(ACTIVE_CASE_STATUSES)))
+            report.jobs_unfinished = len(self.store.active_job_ids())
         return report
 
     def completion_markers(self) -> dict[str, str]:
@@ -598,6 +603,7 @@ class Follower:
 
     SYNC_SECONDS = 2.0  # how often the watched cases are matched with the store
     RETRY_LONGEST = 60.0
+    SETTLE_FIRST = 1.0  # no case active, jobs still ending: the next mirror after 1, 2, 4 ... s
 
     def __init__(
         self,
@@ -629,6 +635,7 @@ class Follower:
         self._retry_at = 0.0
         self._retry_delay = 1.0
         self._was_up = False
+        self._settle = self.SETTLE_FIRST
 
     def step(self, until: float) -> list[PollReport]:
         """Run what is due, then wait until ``until`` (``time.monotonic()``), the next mirror
@@ -668,8 +675,15 @@ class Follower:
         self.mirrors += 1
         self._next_mirror = time.monotonic() + self._delay  # even when the cycle fails
         report = self.mirror()
-        # Slurm is asked every interval while cases are active, less and less often while not.
-        self._delay = self.interval if report.active_cases else min(self._delay * 1.5, self.longest)
+        # Slurm is asked every interval while cases are active, less and less often while not;
+        # jobs of delivered cases still ending (the post job's epilogue) get their final
+        # state within seconds, not an interval later.
+        if report.active_cases:
+            self._delay, self._settle = self.interval, self.SETTLE_FIRST
+        elif report.jobs_unfinished and self._settle < self.interval:
+            self._delay, self._settle = self._settle, self._settle * 2
+        else:
+            self._delay = min(self._delay * 1.5, self.longest)
         self._next_mirror = time.monotonic() + self._delay
         return report
 
@@ -710,6 +724,10 @@ class Follower:
         self._retry_delay = min(self._retry_delay * 2, self.RETRY_LONGEST)
 
 
+SETTLE_LONGEST = 30.0
+"""`poll --wait` waits this long at most, once every case is done, for their last jobs' end."""
+
+
 def follow_until_done(
     follower: Follower, *, timeout: float | None, on_cycle: Callable[[PollReport], None] = lambda _r: None
 ) -> PollReport:
@@ -717,15 +735,21 @@ def follow_until_done(
     ends, Slurm on the follower's interval."""
     deadline = None if timeout is None else time.monotonic() + timeout
     active = None
+    settled_by = None  # no case active: how long the last jobs may take to end
     try:
         while True:
             until = time.monotonic() + 3600 if deadline is None else deadline
             for report in follower.step(until):
                 on_cycle(report)
-                if report.active_cases == 0:
+                if report.active_cases:
+                    active, settled_by = report.active_cases, None
+                    continue
+                settled_by = settled_by or time.monotonic() + SETTLE_LONGEST
+                if not report.jobs_unfinished or time.monotonic() >= settled_by:
                     return report
-                active = report.active_cases
             if deadline is not None and time.monotonic() >= deadline:
+                if settled_by is not None:
+                    return report  # every case done; a job's end is the next mirror's
                 raise OperationalError(
                     f"{active or 'some'} case(s) still active after {timeout:.0f}s; `mqi status` shows them"
                 )
