@@ -453,7 +453,7 @@ class PyslurmBackend:
 
     def _error(self, what: str, error: Exception) -> OperationalError:
         said = str(error) or type(error).__name__
-        if is_transient(said) or _not_answering(said):
+        if is_transient(said):
             return TransportError(f"Slurm is not answering ({said})", transient=True)
         return OperationalError(f"{what}: {said}")
 
@@ -510,7 +510,7 @@ class PyslurmBackend:
             job_id = str(self.pyslurm.JobSubmitDescription(**description).submit())
         except (self.pyslurm.RPCError, ValueError) as error:
             said = str(error) or type(error).__name__
-            if _not_answering(said) or is_transient(said):
+            if is_transient(said):
                 raise TransportError(f"Slurm is not answering ({said})", transient=True) from None
             raise OperationalError(f"Slurm refused the case: sbatch refused the {step} job: {said}") from None
         done.append(job_id)
@@ -620,8 +620,3 @@ class PyslurmBackend:
         result = self.transport.run(commands.scontrol_top_command(job_ids), timeout=60)
         if not result.ok:
             raise OperationalError(f"scontrol top refused: {result.first_error_line()}")
-
-
-def _not_answering(said: str) -> bool:
-    lowered = said.lower()
-    return "unable to contact slurm controller" in lowered or "connection refused" in lowered

@@ -119,5 +119,11 @@ TRANSIENT_ERRORS = (
 """Texts of Slurm errors that pass: the controller is restarting, busy or rate-limiting."""
 
 
+_TRANSIENT_LOWER = tuple(marker.lower() for marker in TRANSIENT_ERRORS)
+
+
 def is_transient(text: str) -> bool:
-    return any(marker in text for marker in TRANSIENT_ERRORS)
+    """Whether an error text is one of TRANSIENT_ERRORS, whatever its case (the commands
+    print "Unable to contact slurm controller", pyslurm's errors may not capitalise it)."""
+    lowered = text.lower()
+    return any(marker in lowered for marker in _TRANSIENT_LOWER)
