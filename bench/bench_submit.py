@@ -13,8 +13,11 @@ Measured in the same run, alternating with the submits (which goes first alterna
 * SSH connections per submit, three ways: ``SSHTransport.connections_opened``, paramiko
   ``Transport`` objects started in this process, and "Accepted publickey" lines that sshd
   logged for those client ports;
-* floor: one fabric connection with TCP_NODELAY on its socket (as mqi connects; paramiko
-  leaves Nagle's algorithm on, and small files and commands then wait on delayed ACKs),
+* floor: one fabric connection with TCP_NODELAY set on its socket once connected (paramiko
+  leaves Nagle's algorithm on, and small files and commands then wait on delayed ACKs;
+  mqi sets it before the handshake and acknowledges at once, see ``prompt_socket`` in
+  mqi/transport/ssh.py, which saves two delayed ACKs of 40 ms: one in the login and one
+  on the first channel; the floor on that socket is measured too, for information),
   SFTP of the same rendered bundle to a fresh remote folder, and three
   ``sbatch --parsable --hold --wrap true`` in one command over that connection;
 * breakdown: the network operations inside the submit (timed by a pass-through wrapper
@@ -22,6 +25,12 @@ Measured in the same run, alternating with the submits (which goes first alterna
   took) and the local steps timed on their own (read_case, folder_fingerprint,
   render_bundle, bundle_checksums), and render_bundle again with the CT of the first
   render at hand (what a resubmission of the same case renders).
+
+Before each timed run the benchmark flushes its own earlier writes (``os.sync``: the fresh
+case copy, the bundles of earlier runs). On ext4 a burst of new files otherwise slows every
+file creation that follows while writeback catches up (a render of this case takes 48 ms
+after a sync and grows 64 -> 127 ms over six renders in a row without one), which would
+charge the benchmark's own set-up to whichever run comes next.
 
 Prints medians of 7 (after one warm-up), the ratio submit/floor (target: at most 1.2) and
 the load average; exits 1 when the target or the one-connection rule is missed. A
@@ -59,7 +68,7 @@ from mqi.render import render_bundle
 from mqi.store import Store
 from mqi.submit import Submitter, bundle_checksums
 from mqi.transport import CommandResult, TransferStats
-from mqi.transport.ssh import SSHTransport
+from mqi.transport.ssh import SSHTransport, prompt_socket
 
 ROOT = Path(__file__).resolve().parents[1]
 APTG = ROOT.parent / "shared" / "data" / "aptg-plan03"
@@ -120,10 +129,12 @@ class TimedTransport:
         try:
             return self.inner.run(command, timeout=timeout, stdin=stdin)
         finally:
-            if "@@mqi-section@@" in command:
-                kind = "survey"
-            elif "jobs/submit.sh" in command:
+            if "jobs/submit.sh" in command:
                 kind = "submit"
+            elif "@@mqi-section@@" in command:
+                kind = "survey"
+            elif command == "true":
+                kind = "connect"
             else:
                 kind = "run"
             self.ops.append(Op(kind, time.perf_counter() - start, command[:60], start - self.origin))
@@ -207,10 +218,18 @@ class SshdLog:
 
 
 def floor_once(
-    env: dict[str, str], bundle: Path, names: list[str], remote: str, partition: str, name: str
+    env: dict[str, str],
+    bundle: Path,
+    names: list[str],
+    remote: str,
+    partition: str,
+    name: str,
+    *,
+    prompt: bool = False,
 ) -> tuple[float, list[str], dict[str, float]]:
     """One connection with TCP_NODELAY, SFTP of the bundle's files, three held sbatch in
-    one command. Returns (seconds, job ids, parts)."""
+    one command. Returns (seconds, job ids, parts). ``prompt``: on mqi's own socket
+    (TCP_NODELAY before the handshake, quick ACKs)."""
     files = [bundle / name for name in names]
     relative = {PurePosixPath(name).parent for name in names}
     dirs = sorted({PurePosixPath(remote, d) for rel in relative for d in [rel, *rel.parents]})
@@ -230,6 +249,8 @@ def floor_once(
     connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     connection.client.load_host_keys(env["MQI_TEST_KNOWN_HOSTS"])
     try:
+        if prompt:
+            connection.connect_kwargs["sock"] = prompt_socket(connection.host, connection.port, 10.0)
         connection.open()
         connection.client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         parts["connect"] = time.perf_counter() - start
@@ -273,12 +294,14 @@ def local_steps(config: Config, case_dir: Path, out: Path) -> dict[str, float]:
     start = time.perf_counter()
     folder_fingerprint(case_dir)
     times["folder_fingerprint"] = time.perf_counter() - start
+    os.sync()
     start = time.perf_counter()
     rendered = render_bundle(result.case, config, out, priority=config.slurm.default_priority)
     times["render_bundle"] = time.perf_counter() - start
     start = time.perf_counter()
     bundle_checksums(rendered.path, known=rendered.manifest.files)
     times["bundle_checksums"] = time.perf_counter() - start
+    os.sync()
     start = time.perf_counter()
     render_bundle(result.case, config, out, priority=config.slurm.default_priority)
     times["render_bundle again (the CT of the first render reused)"] = time.perf_counter() - start
@@ -290,6 +313,7 @@ class Measured:
     submit: float
     floor: float
     floor_parts: dict[str, float]
+    prompt_floor: float
     counted: tuple[int, int, int | None, int | None]
     ops: list[Op]
     connect: float
@@ -346,20 +370,30 @@ def one_rep(
     name = f"bench-floor-{remote_root.rsplit('-', 1)[-1]}"
     partition = config.slurm.partition
 
-    def floor(bundle: Path) -> tuple[float, dict[str, float]]:
+    def floor(bundle: Path, prompt: bool = False) -> tuple[float, dict[str, float]]:
         names = sorted(bundle_checksums(bundle))
-        seconds, ids, parts = floor_once(env, bundle, names, f"{remote_root}/floor{rep}", partition, name)
+        where = f"{remote_root}/floor{rep}{'-prompt' if prompt else ''}"
+        seconds, ids, parts = floor_once(env, bundle, names, where, partition, name, prompt=prompt)
         job_ids.extend(ids)
         return seconds, parts
 
     if rep % 2 and reference is not None:
+        os.sync()
         floor_s, parts = floor(reference)
+        os.sync()
         seconds, transport, counted, connect, bundle = timed_submit(config, case_dir, watch, sshd, job_ids)
     else:
+        os.sync()
         seconds, transport, counted, connect, bundle = timed_submit(config, case_dir, watch, sshd, job_ids)
+        os.sync()
         floor_s, parts = floor(bundle)
+    os.sync()
+    prompt_floor, _ = floor(bundle, prompt=True)
+    os.sync()
     steps = local_steps(config, case_dir, tmp / f"rep{rep}" / "bundle-again")
-    return Measured(seconds, floor_s, parts, counted, transport.ops, connect, transport.cpu, steps, bundle)
+    return Measured(
+        seconds, floor_s, parts, prompt_floor, counted, transport.ops, connect, transport.cpu, steps, bundle
+    )
 
 
 # -- main --------------------------------------------------------------------------------
@@ -462,6 +496,11 @@ def report(runs: list[Measured], sizes: tuple[int, int], loads: list[float]) -> 
     ratio = med(submits) / med(floors)
     verdict = "ok" if ratio <= TARGET_RATIO else "ABOVE TARGET"
     print(f"  ratio submit/floor: {ratio:.2f}  (target <= {TARGET_RATIO}: {verdict})")
+    prompt_floors = [r.prompt_floor for r in runs]
+    print(
+        f"  for information, the floor on mqi's socket (TCP_NODELAY before the handshake, quick"
+        f" ACKs): median {ms(med(prompt_floors))}; submit/that {med(submits) / med(prompt_floors):.2f}"
+    )
     print(
         f"  CPU time of this process (all threads): submit {ms(med([r.cpu for r in runs]))},"
         f" floor {ms(med([r.floor_parts['cpu'] for r in runs]))}  (the rest of the wall time is"
@@ -480,9 +519,10 @@ def report(runs: list[Measured], sizes: tuple[int, int], loads: list[float]) -> 
         )
     print("inside the submit (medians; 'starts' is after the submit began):")
     names = {
-        "survey": "survey (squeue [+ sacct] by name + remote sha256 listing; incl. connect)",
+        "connect": "connect (while the bundle renders: connect, then `true`)",
+        "survey": "survey (squeue [+ sacct] by name + remote sha256 listing)",
         "upload": "upload (one tar stream: mkdir, unpack, sizes)",
-        "submit": "submit round trip (rename + submit.sh: 3 sbatch)",
+        "submit": "submit round trip (squeue as the guard, rename, submit.sh: 3 sbatch)",
         "run": "other remote commands",
     }
     for kind, label in names.items():

@@ -8,9 +8,11 @@ submitter killed between ``sbatch`` and its database write. And the upload goes
 to ``<uid>.partial`` and becomes ``<uid>`` by one rename just before submit.sh
 runs, so a half-uploaded case is never submittable.
 
-Round trips to the cluster for a new case: one query (Slurm + remote files), which runs
-in the background while the bundle renders; the upload, one tar stream over one channel;
-one command (rename + submit.sh).
+Round trips to the cluster for a case this store never saw: the connection opens while
+the bundle renders; the upload, one tar stream over one channel, to ``<uid>.partial``; one
+command that asks Slurm for jobs of the case and, finding none (and no ``<uid>``), renames
+and runs submit.sh. For a case it has seen (a resume, ``--force``): one query (Slurm +
+remote files) while the bundle renders, the upload of what differs, the submit command.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from mqi.bundle import LOCAL_DIR, sha256_file
 from mqi.chain import Chain, find_chains, record_chain, remote_bundle_dir, submit_chain
@@ -43,6 +45,8 @@ from mqi.store import Case as StoredCase
 from mqi.store import Store
 from mqi.transport import RemoteFiles, TransferStats, Transport
 from mqi.transport.files import bundle_listing_command, parse_bundle_listing, publish_command
+
+T = TypeVar("T")
 
 SUBMITTED_STATES = frozenset({"submitted", "running", "postprocessing", "completed", "failed", "cancelled"})
 
@@ -105,14 +109,14 @@ class Survey:
     remote_sums: dict[str, str]
 
 
-class Prefetch:
+class Prefetch(Generic[T]):
     """Runs ``action`` once in a background thread; :meth:`take` gives its result the
     first time (raising what it raised) and runs ``action`` again in the caller's thread
     after that (a retry must see the cluster as it is then)."""
 
-    def __init__(self, action: Callable[[], Survey]) -> None:
+    def __init__(self, action: Callable[[], T]) -> None:
         self._action = action
-        self._result: Survey | None = None
+        self._result: T | None = None
         self._error: BaseException | None = None
         self._taken = False
         self._thread = threading.Thread(target=self._run, name="mqi-survey", daemon=True)
@@ -124,7 +128,7 @@ class Prefetch:
         except BaseException as error:  # handed to the caller's thread by take()
             self._error = error
 
-    def take(self) -> Survey:
+    def take(self) -> T:
         if self._taken:
             return self._action()
         self._taken = True
@@ -132,8 +136,7 @@ class Prefetch:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-        assert self._result is not None
-        return self._result
+        return cast(T, self._result)
 
     def wait(self) -> None:
         """Let the background call finish: the transport is not shared while it runs."""
@@ -230,26 +233,43 @@ class Submitter:
         remote = remote_bundle_dir(self.config, case.case_uid)
         since = _since(stored)
         known = stored is not None
-        # The cluster is asked about the case (connecting first) while the bundle renders.
-        survey = Prefetch(lambda: self._survey(case.case_uid, remote, since, known=known))
+
+        def survey() -> Survey:
+            return self._survey(case.case_uid, remote, since, known=known)
+
+        # While the bundle renders, the connection opens and (for a case this store has
+        # seen) the cluster is asked about the case. A case it never saw is asked in the
+        # submit command itself, as its guard; a retry of it asks first, as a resume does.
+        first = not known and not force
+        ahead: Prefetch[Any] = Prefetch(self._connect if first else survey)
+        ask = survey if first else ahead.take
         try:
-            return self._render_and_submit(case_dir, result, stored, survey, remote, priority, force)
+            return self._render_and_submit(
+                case_dir, result, stored, ahead, ask, remote, since, priority, force, first=first
+            )
         except Exception:
             # e.g. a rejected render: the caller may go on with this transport (mqi scan), so
             # the survey must be over. (A submit that got as far as the upload took it already;
             # an interrupt or a signal does not wait: the process is stopping.)
-            survey.wait()
+            ahead.wait()
             raise
+
+    def _connect(self) -> None:
+        self.transport.run("true", timeout=self.config.cluster.connect_timeout + 30)
 
     def _render_and_submit(
         self,
         case_dir: Path,
         result: IntakeResult,
         stored: StoredCase | None,
-        survey: Prefetch,
+        ahead: Prefetch[Any],
+        ask: Callable[[], Survey],
         remote: str,
+        since: datetime,
         priority: str | None,
         force: bool,
+        *,
+        first: bool,
     ) -> SubmitOutcome:
         case = result.case
         assert case is not None
@@ -292,19 +312,31 @@ class Submitter:
         self.store.add_event(case.case_id, "case", case.case_id, "step", None, "rendered", str(bundle_dir))
         local_files = bundle_checksums(rendered.path, known=rendered.manifest.files)
         beams = [{"number": b.number, "name": b.name, "array_index": i} for i, b in enumerate(case.beams)]
+        attempts = 0
+
+        def attempt() -> SubmitOutcome:
+            nonlocal attempts
+            attempts += 1
+            if first and attempts == 1:
+                ahead.take()  # connected (or why not)
+                return self._first_submit(
+                    case.case_id, case.case_uid, rendered, local_files, beams, remote, since
+                )
+            return self._upload_and_submit(
+                case.case_id,
+                case.case_uid,
+                rendered,
+                local_files,
+                beams,
+                remote,
+                ask(),
+                force=force,
+                known=stored is not None,
+            )
+
         try:
             outcome = with_retries(
-                lambda: self._upload_and_submit(
-                    case.case_id,
-                    case.case_uid,
-                    rendered,
-                    local_files,
-                    beams,
-                    remote,
-                    survey.take,
-                    force=force,
-                    known=stored is not None,
-                ),
+                attempt,
                 seconds=self.config.cluster.retry_seconds,
                 what=f"submitting {case.case_id}",
                 log=self.log,
@@ -327,6 +359,45 @@ class Submitter:
         remote_kind, remote_sums = parse_bundle_listing(listing)
         return Survey(records, remote_kind, remote_sums)
 
+    def _first_submit(
+        self,
+        case_id: str,
+        case_uid: str,
+        rendered: RenderedBundle,
+        local_files: dict[str, str],
+        beams: list[dict[str, Any]],
+        remote: str,
+        since: datetime,
+    ) -> SubmitOutcome:
+        """A case this store never saw: upload the whole bundle to ``<remote>.partial``,
+        then one command publishes and submits it unless Slurm lists a job of the case or
+        ``<remote>`` exists (a chain to adopt, a bundle from elsewhere); then the survey
+        that command printed decides, as for a resumed case."""
+        stats = self._upload(rendered.path, remote, "none", {}, local_files)
+        answer = self.backend.submit_unless_found(
+            case_uid,
+            since,
+            remote,
+            before=publish_command(remote, from_partial=True),
+            also=bundle_listing_command(remote),
+        )
+        if answer.ids is None:
+            kind, sums = parse_bundle_listing(answer.also)
+            return self._upload_and_submit(
+                case_id,
+                case_uid,
+                rendered,
+                local_files,
+                beams,
+                remote,
+                Survey(answer.records, kind, sums),
+                force=False,
+                known=False,
+                uploaded=stats,
+            )
+        self.store.add_event(case_id, "case", case_id, "step", None, "uploaded", f"{stats.files_sent} files")
+        return self._record_submitted(case_id, case_uid, answer.ids, beams, remote, stats)
+
     def _upload_and_submit(
         self,
         case_id: str,
@@ -335,14 +406,20 @@ class Submitter:
         local_files: dict[str, str],
         beams: list[dict[str, Any]],
         remote: str,
-        survey: Callable[[], Survey],
+        found: Survey,
         *,
         force: bool,
         known: bool,
+        uploaded: TransferStats | None = None,
     ) -> SubmitOutcome:
-        found = survey()
+        """``uploaded``: the whole bundle is in ``<remote>.partial`` already."""
         records, remote_kind, remote_sums = found.records, found.remote_kind, found.remote_sums
         chain, strays = find_chains(records, case_uid, live_only=not known)
+        if uploaded is not None and (chain is not None or remote_kind == "final"):
+            # A chain to adopt, or a bundle uploaded earlier and never submitted (reused as on
+            # a resume): the upload just made is not needed.
+            self.files.discard_partial(remote)
+            uploaded = None
         if force and (chain or strays):
             live = strays + ([job for job in chain.ids().values() if job] if chain else [])
             self._cancel(live, case_id, "forced resubmission")
@@ -364,10 +441,24 @@ class Submitter:
             return SubmitOutcome(case_id, case_uid, "submitted", chain.ids(), adopted=True, remote_dir=remote)
         if strays:
             self._cancel(strays, case_id, "incomplete chain from an interrupted submission")
-        stats = self._upload(rendered.path, remote, remote_kind, remote_sums, local_files)
+        if uploaded is not None:
+            stats, remote_kind = uploaded, "partial"
+        else:
+            stats = self._upload(rendered.path, remote, remote_kind, remote_sums, local_files)
         self.store.add_event(case_id, "case", case_id, "step", None, "uploaded", f"{stats.files_sent} files")
         before = publish_command(remote, from_partial=remote_kind != "final" or bool(stats.files_sent))
         ids = submit_chain(self.backend, remote, before=before)
+        return self._record_submitted(case_id, case_uid, ids, beams, remote, stats)
+
+    def _record_submitted(
+        self,
+        case_id: str,
+        case_uid: str,
+        ids: dict[str, str | None],
+        beams: list[dict[str, Any]],
+        remote: str,
+        stats: TransferStats,
+    ) -> SubmitOutcome:
         chain = Chain(ids["prepare"], ids["simulate"] or "", ids["post"] or "")
         record_chain(
             self.store,

@@ -50,6 +50,16 @@ class QueryAnswer:
     partitions: list[dict[str, Any]] | None = None  # GPUs per partition, when asked for
 
 
+@dataclass
+class FirstSubmit:
+    """A guarded first submission: the chain's job ids when it was submitted; else
+    (``ids`` None) what the cluster holds of the case, as ``case_jobs`` answers."""
+
+    ids: dict[str, str | None] | None
+    records: list[JobRecord] = field(default_factory=list)
+    also: str = ""
+
+
 class SlurmBackend(Protocol):
     """What mqi asks of Slurm."""
 
@@ -70,6 +80,10 @@ class SlurmBackend(Protocol):
         self, case_uid: str, since: datetime, *, also: str = "", live_only: bool = False
     ) -> tuple[list[JobRecord], str]: ...
 
+    def submit_unless_found(
+        self, case_uid: str, since: datetime, bundle_dir: str, *, before: str, also: str
+    ) -> FirstSubmit: ...
+
     def live_jobs(self) -> list[JobRecord]: ...
 
     def cancel(self, job_ids: Iterable[str]) -> None: ...
@@ -89,17 +103,22 @@ class CliBackend:
     ) -> dict[str, str | None]:
         """Run the bundle's submit.sh (after ``before``, in the same round trip); its job ids."""
         command = f"{before}{commands.submit_command(bundle_dir, only_indices)}"
+        return _submitted(self.transport.run(command, timeout=300))
+
+    def submit_unless_found(
+        self, case_uid: str, since: datetime, bundle_dir: str, *, before: str, also: str
+    ) -> FirstSubmit:
+        """Submit a case's chain (after ``before``) unless squeue lists a job of the case
+        or ``bundle_dir`` exists; then submit nothing and answer as ``case_jobs`` with
+        ``live_only`` and ``also``. One round trip: the check is the submission's guard."""
+        submit = f"{before}{commands.submit_command(bundle_dir)}"
+        command = commands.submit_unless_found_command(case_uid, since, bundle_dir, submit, also)
         result = self.transport.run(command, timeout=300)
-        if not result.ok:
-            lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-            said = "; ".join(lines[-4:]) or result.first_error_line()
-            if is_transient(result.stderr + result.stdout):
-                raise TransportError(f"Slurm is not answering ({said})", transient=True)
-            raise OperationalError(f"Slurm refused the case: {said}")
-        try:
-            return parse_submit_output(result.stdout)
-        except SlurmOutputError as error:
-            raise OperationalError(str(error)) from None
+        head, newline, rest = result.stdout.partition("\n")
+        if head == commands.SUBMITTING and newline:
+            return FirstSubmit(_submitted(CommandResult(command, result.returncode, rest, result.stderr)))
+        records, listing = _case_jobs_answer(result, also=True)
+        return FirstSubmit(None, records, listing)
 
     def query(
         self,
@@ -184,16 +203,7 @@ class CliBackend:
         command = commands.case_jobs_command(case_uid, since, live_only=live_only)
         if also:
             command += f"; echo {commands.SECTION}; {also}"
-        result = self.transport.run(command, timeout=120)
-        parts = split_sections(result.stdout, 3 if also else 2)
-        if parts is None:
-            if is_transient(result.stderr):
-                raise TransportError(f"Slurm is not answering ({result.first_error_line()})", transient=True)
-            raise OperationalError(f"cannot query the cluster: {result.first_error_line()}")
-        if "squeue:" in result.stderr and is_transient(result.stderr):
-            raise TransportError(f"Slurm is not answering ({result.first_error_line()})", transient=True)
-        records = parse_squeue(parts[0]) + parse_sacct(parts[1])
-        return records, parts[2] if also else ""
+        return _case_jobs_answer(self.transport.run(command, timeout=120), also=bool(also))
 
     def live_jobs(self) -> list[JobRecord]:
         result = self.transport.run(commands.squeue_command(), timeout=60)
@@ -236,6 +246,33 @@ SIDE_BY_SIDE_JOBS = 2000
 """Up to this many tracked jobs, sacct of them all runs beside squeue (one round trip);
 beyond, squeue first and sacct of the jobs it does not list live (measured on the dev
 cluster: side by side is faster at 1,000 jobs, squeue first at 5,000)."""
+
+
+def _submitted(result: CommandResult) -> dict[str, str | None]:
+    """The job ids submit.sh printed, or why there are none."""
+    if not result.ok:
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        said = "; ".join(lines[-4:]) or result.first_error_line()
+        if is_transient(result.stderr + result.stdout):
+            raise TransportError(f"Slurm is not answering ({said})", transient=True)
+        raise OperationalError(f"Slurm refused the case: {said}")
+    try:
+        return parse_submit_output(result.stdout)
+    except SlurmOutputError as error:
+        raise OperationalError(str(error)) from None
+
+
+def _case_jobs_answer(result: CommandResult, *, also: bool) -> tuple[list[JobRecord], str]:
+    """squeue's and sacct's records of a case, and the output of ``also`` when it ran."""
+    parts = split_sections(result.stdout, 3 if also else 2)
+    if parts is None:
+        if is_transient(result.stderr):
+            raise TransportError(f"Slurm is not answering ({result.first_error_line()})", transient=True)
+        raise OperationalError(f"cannot query the cluster: {result.first_error_line()}")
+    if "squeue:" in result.stderr and is_transient(result.stderr):
+        raise TransportError(f"Slurm is not answering ({result.first_error_line()})", transient=True)
+    records = parse_squeue(parts[0]) + parse_sacct(parts[1])
+    return records, parts[2] if also else ""
 
 
 def _with_partitions(result: CommandResult, gpus: bool) -> tuple[CommandResult, list[dict[str, Any]] | None]:

@@ -194,14 +194,43 @@ def case_jobs_command(case_uid: str, since: datetime, *, live_only: bool = False
     and every live job is in squeue; sacct (a slurmdbd query, the slow part) then runs only
     when squeue lists a job of the case, or squeue itself failed.
     """
-    sacct = f"{sacct_by_names_command(case_uid, since)} 2>/dev/null"
     if not live_only:
+        sacct = f"{sacct_by_names_command(case_uid, since)} 2>/dev/null"
         return f"{squeue_command()}; echo {SECTION}; {sacct}"
-    mine = quote(f"|{job_name(case_uid, '')}")
+    return f"q=$({squeue_command()}); rc=$?; {_live_case_jobs_answer(case_uid, since)}"
+
+
+def _live_case_jobs_answer(case_uid: str, since: datetime) -> str:
+    """After ``q=$(squeue ...); rc=$?``: prints squeue's lines, a separator, and sacct's
+    lines of the case when squeue lists a job of it (or failed)."""
+    sacct = f"{sacct_by_names_command(case_uid, since)} 2>/dev/null"
     return (
-        f'q=$({squeue_command()}); rc=$?; if [ -n "$q" ]; then printf \'%s\\n\' "$q"; fi; '
-        f"echo {SECTION}; "
-        f"if [ $rc -ne 0 ] || printf '%s\\n' \"$q\" | grep -qF -e {mine}; then {sacct}; fi"
+        f'if [ -n "$q" ]; then printf \'%s\\n\' "$q"; fi; echo {SECTION}; '
+        f"if [ $rc -ne 0 ] || {_lists_case_job(case_uid)}; then {sacct}; fi"
+    )
+
+
+def _lists_case_job(case_uid: str) -> str:
+    """True when squeue's output in ``$q`` has a job of the case."""
+    return f"printf '%s\\n' \"$q\" | grep -qF -e {quote('|' + job_name(case_uid, ''))}"
+
+
+SUBMITTING = "@@mqi-submitting@@"
+
+
+def submit_unless_found_command(
+    case_uid: str, since: datetime, bundle_dir: str, submit: str, also: str
+) -> str:
+    """A first submission, guarded in the same round trip: when squeue answers and lists
+    no job of the case and ``bundle_dir`` does not exist, prints SUBMITTING and runs
+    ``submit`` (publish + submit.sh), its exit code the command's. Otherwise submits
+    nothing and prints what ``case_jobs_command(live_only=True)`` and then ``also`` print,
+    separated by SECTION lines."""
+    return (
+        f"q=$({squeue_command()}); rc=$?; "
+        f"if [ $rc -eq 0 ] && ! {_lists_case_job(case_uid)} && [ ! -e {quote(bundle_dir)} ]; then "
+        f"echo {SUBMITTING}; {submit}; exit $?; fi; "
+        f"{_live_case_jobs_answer(case_uid, since)}; echo {SECTION}; {also}"
     )
 
 

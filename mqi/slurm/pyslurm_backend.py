@@ -43,7 +43,7 @@ from typing import Any
 from mqi.errors import OperationalError, TransportError, UsageError
 from mqi.shell import split_words
 from mqi.slurm import commands
-from mqi.slurm.backend import QueryAnswer
+from mqi.slurm.backend import FirstSubmit, QueryAnswer
 from mqi.slurm.names import STEPS, id_sort_key, job_name, parent_id
 from mqi.slurm.parse import JobRecord, merge_records, parse_array_spec, parse_gpu_usage
 from mqi.slurm.states import TERMINAL_STATES, is_transient
@@ -601,6 +601,17 @@ class PyslurmBackend:
             result = self.transport.run(also, timeout=120)
             listing = result.stdout
         return live + finished, listing
+
+    def submit_unless_found(
+        self, case_uid: str, since: datetime, bundle_dir: str, *, before: str, also: str
+    ) -> FirstSubmit:
+        """As the command line's: submit unless slurmctld lists a job of the case or
+        ``bundle_dir`` exists; else submit nothing and answer as ``case_jobs``."""
+        records, listing = self.case_jobs(case_uid, since, also=also, live_only=True)
+        names = {job_name(case_uid, step) for step in STEPS}
+        if any(record.name in names for record in records) or Path(bundle_dir).exists():
+            return FirstSubmit(None, records, listing)
+        return FirstSubmit(self.submit_chain(bundle_dir, before=before))
 
     def live_jobs(self) -> list[JobRecord]:
         try:

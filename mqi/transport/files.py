@@ -145,6 +145,13 @@ class RemoteFiles:
         if not result.ok:
             raise OperationalError(f"cannot set aside {remote} on the cluster: {result.first_error_line()}")
 
+    def discard_partial(self, remote: str) -> None:
+        """A half or unneeded upload ``<remote>.partial`` goes."""
+        result = self.transport.run(f"rm -rf {quote(remote + '.partial')}", timeout=120)
+        if not result.ok:
+            said = result.first_error_line()
+            raise OperationalError(f"cannot remove {remote}.partial on the cluster: {said}")
+
     def reopen_upload(self, remote: str) -> None:
         """An uploaded but never submitted bundle goes back to ``<remote>.partial`` to be refreshed."""
         result = self.transport.run(f"mv -T {quote(remote)} {quote(remote + '.partial')}", timeout=60)

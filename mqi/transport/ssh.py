@@ -31,6 +31,8 @@ class SSHTransport:
         self.cluster = cluster
         self._connection = None
         self._sftp = None
+        # Two threads may ask at once (a submit uploads while its survey runs): one connects.
+        self._connect_lock = threading.RLock()
         self.connections_opened = 0
         user = f"{cluster.user}@" if cluster.user else ""
         port = f":{cluster.port}" if cluster.port else ""
@@ -38,6 +40,10 @@ class SSHTransport:
 
     # -- connection -----------------------------------------------------------
     def _connect(self):  # -> fabric.Connection
+        with self._connect_lock:
+            return self._open()
+
+    def _open(self):  # -> fabric.Connection
         if self._connection is not None:
             if self._connection.is_connected:
                 return self._connection
@@ -75,6 +81,10 @@ class SSHTransport:
             hop = hop.gateway
         where = f"{connection.user}@{connection.host}:{connection.port}"
         try:
+            if not connection.gateway:
+                connection.connect_kwargs["sock"] = prompt_socket(
+                    connection.host, connection.port, cluster.connect_timeout
+                )
             connection.open()
         except paramiko.BadHostKeyException:
             raise TransportError(
@@ -108,8 +118,7 @@ class SSHTransport:
                 transient=True,
             ) from None
         sock = getattr(connection.transport, "sock", None)
-        if isinstance(sock, socket.socket):
-            # Without it, small SFTP writes (CT slices) and each command wait on Nagle + delayed ACK.
+        if isinstance(sock, socket.socket):  # through a gateway: set once connected
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connections_opened += 1
         self._connection = connection
@@ -120,9 +129,10 @@ class SSHTransport:
         return TransportError(f"SSH connection to {self.description} dropped: {err}", transient=True)
 
     def _sftp_client(self):  # -> paramiko.SFTPClient
-        if self._sftp is None:
-            self._sftp = self._connect().sftp()
-        return self._sftp
+        with self._connect_lock:
+            if self._sftp is None:
+                self._sftp = self._connect().sftp()
+            return self._sftp
 
     # -- operations -----------------------------------------------------------
     def run(self, command: str, *, timeout: float | None = None, stdin: str | None = None) -> CommandResult:
@@ -256,13 +266,48 @@ class SSHTransport:
         )
 
     def close(self) -> None:
-        if self._sftp is not None:
-            with contextlib.suppress(Exception):
-                self._sftp.close()
-            self._sftp = None
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        with self._connect_lock:
+            if self._sftp is not None:
+                with contextlib.suppress(Exception):
+                    self._sftp.close()
+                self._sftp = None
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+
+class PromptSocket(socket.socket):
+    """A TCP socket that acknowledges what it receives at once (TCP_QUICKACK after each
+    read; Linux). sshd leaves Nagle's algorithm on for commands without a terminal, so a
+    reply queued behind an unacknowledged packet (after login: the host keys notice) waits
+    for the client's delayed ACK, 40 ms: the first channel of every connection did."""
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        return data
+
+
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def prompt_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """A connected TCP socket to ``host:port`` with TCP_NODELAY from the first packet (the
+    login's small messages otherwise wait on delayed ACKs: 40 ms at least) and, where the
+    system has it, quick ACKs."""
+    kind = PromptSocket if _QUICKACK is not None else socket.socket
+    error: OSError | None = None
+    for family, type_, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = kind(family, type_, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.connect(address)
+            return sock
+        except OSError as failed:
+            sock.close()
+            error = failed
+    raise error or OSError(f"no address for {host}")
 
 
 _CHANNEL_TIMEOUT = 300.0  # seconds one send or receive on an upload channel may block

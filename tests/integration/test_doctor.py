@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,19 @@ def test_doctor_refuses_an_unknown_host(make_config: Callable[..., Path], tmp_pa
     assert "is not in" in failed(report)["connection"]
     port = os.environ["MQI_TEST_SSH_PORT"]
     assert f"ssh-keyscan -p {port} 127.0.0.1 >> {known}" in failed(report)["connection"]
+
+
+def test_doctor_names_a_closed_port_and_an_unknown_host(make_config: Callable[..., Path]) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    code, report, stderr = doctor(make_config(cluster={"port": closed}))
+    assert code == 1 and "Traceback" not in stderr
+    assert f"cannot connect to mqitest@127.0.0.1:{closed}" in failed(report)["connection"]
+    assert "is sshd running and the port right?" in failed(report)["connection"]
+    code, report, stderr = doctor(make_config(cluster={"host": "no-such-host.invalid"}))
+    assert code == 1 and "Traceback" not in stderr
+    assert "'no-such-host.invalid' is unknown: check cluster.host" in failed(report)["connection"]
 
 
 def test_doctor_job_runs_a_gpu_job_and_flags_a_readable_workspace(

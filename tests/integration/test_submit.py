@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from mqi import slurm
+from mqi.intake.identity import case_uid
 from mqi.testing.synthetic import build_case
 from tests.helpers import APTG, ROOT, cancel_case_jobs, live_chains, run_mqi, slurm_jobs, submit_json
 
@@ -256,3 +257,57 @@ def test_twenty_cases_from_four_processes(
     submitted_uids.extend(case["case_uid"] for case in status)
     assert len(status) == 20 and {case["status"] for case in status} == {"submitted"}
     assert all(live_chains(case["case_uid"]) == 1 for case in status)
+
+
+def remote_workspace(config: Path) -> Path:
+    """The config's cluster.remote_dir (the dev cluster's sshd runs on this machine)."""
+    return Path(yaml.safe_load(config.read_text())["cluster"]["remote_dir"])
+
+
+def second_store(config: Path, state_dir: Path) -> Path:
+    """The same cluster and remote folder from another workstation (its own store)."""
+    data = yaml.safe_load(config.read_text())
+    data["state_dir"] = str(state_dir)
+    other = config.with_name(f"{config.stem}-elsewhere.yaml")
+    other.write_text(yaml.safe_dump(data))
+    return other
+
+
+@pytest.mark.parametrize("transport", ["ssh", "local"])
+def test_a_store_that_never_saw_a_live_chain_adopts_it_and_leaves_no_upload_behind(
+    make_config: Callable[..., Path], transport: str, tmp_path: Path, submitted_uids: list[str]
+) -> None:
+    config = make_config(transport, slurm=HELD)
+    case = small_case(tmp_path, "Two Stores")
+    first = submit_json(config, case)
+    submitted_uids.append(first["case_uid"])
+    again = submit_json(second_store(config, tmp_path / "state-elsewhere"), case)
+    assert again["adopted"] is True and again["jobs"] == first["jobs"]
+    assert live_chains(first["case_uid"]) == 1
+    left = sorted(p.name for p in remote_workspace(config).iterdir())
+    assert left == [first["case_uid"]], "the second store's upload is removed, the chain's bundle kept"
+
+
+@pytest.mark.parametrize("transport", ["ssh", "local"])
+def test_a_folder_already_under_the_case_name_is_refreshed_before_it_is_submitted(
+    make_config: Callable[..., Path], transport: str, tmp_path: Path, submitted_uids: list[str]
+) -> None:
+    config = make_config(transport, slurm=HELD)
+    case = small_case(tmp_path, "Left Behind")
+    uid = case_uid(case, pydicom.dcmread(next(case.glob("RP*.dcm"))).SOPInstanceUID)
+    workspace = remote_workspace(config)
+    # An upload from elsewhere that was never submitted, with a submit script that fails.
+    stale = workspace / uid
+    (stale / "jobs").mkdir(parents=True)
+    (stale / "jobs" / "submit.sh").write_text("echo 'the old submit.sh ran' >&2; exit 3\n")
+    owner = workspace.parent.stat()
+    for path in [workspace, stale, stale / "jobs", stale / "jobs" / "submit.sh"]:
+        os.chown(path, owner.st_uid, owner.st_gid)
+    outcome = submit_json(config, case)
+    submitted_uids.append(uid)
+    assert outcome["case_uid"] == uid and outcome["status"] == "submitted"
+    assert live_chains(uid) == 1
+    bundle = yaml.safe_load(config.read_text())["state_dir"]
+    rendered = Path(bundle) / "bundles" / uid / "jobs" / "submit.sh"
+    assert (stale / "jobs" / "submit.sh").read_bytes() == rendered.read_bytes(), "the stale file was replaced"
+    assert sorted(p.name for p in workspace.iterdir()) == [uid], "no upload is left beside it"
