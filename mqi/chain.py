@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from mqi import slurm
 from mqi.bundle import POST_DONE_NAME, RESULTS_DIR, SUMMARY_NAME
 from mqi.config import Config
-from mqi.slurm.backend import SlurmBackend
+from mqi.slurm.backend import FirstSubmit, SlurmBackend
 from mqi.store import TERMINAL_BEAM_STATUSES, Store
 from mqi.transport.files import remove_command
 
@@ -29,10 +30,24 @@ def submit_chain(
     A summary and completion marker left by an earlier chain are removed first, so that a
     new post job that dies early can never make the poller deliver the old results again.
     """
-    stale = remove_command(f"{remote_dir}/{RESULTS_DIR}/{SUMMARY_NAME}") + remove_command(
+    return backend.submit_chain(remote_dir, only_indices=only_indices, before=before + _stale(remote_dir))
+
+
+def submit_new_chain(
+    backend: SlurmBackend, remote_dir: str, case_uid: str, since: datetime, *, before: str, also: str
+) -> FirstSubmit:
+    """A first submission guarded in the same round trip (``SlurmBackend.submit_unless_found``):
+    the chain's ids, or what the cluster already holds of the case and nothing submitted."""
+    return backend.submit_unless_found(
+        case_uid, since, remote_dir, before=before + _stale(remote_dir), also=also
+    )
+
+
+def _stale(remote_dir: str) -> str:
+    """Removes a summary and completion marker an earlier chain left (ends with ``&&``)."""
+    return remove_command(f"{remote_dir}/{RESULTS_DIR}/{SUMMARY_NAME}") + remove_command(
         f"{remote_dir}/{RESULTS_DIR}/{POST_DONE_NAME}"
     )
-    return backend.submit_chain(remote_dir, only_indices=only_indices, before=before + stale)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from mqi.bundle import LOCAL_DIR, sha256_file
-from mqi.chain import Chain, find_chains, record_chain, remote_bundle_dir, submit_chain
+from mqi.chain import Chain, find_chains, record_chain, remote_bundle_dir, submit_chain, submit_new_chain
 from mqi.clock import now_utc, parse_utc
 from mqi.config import Config
 from mqi.errors import MqiError, UsageError
@@ -374,10 +374,11 @@ class Submitter:
         ``<remote>`` exists (a chain to adopt, a bundle from elsewhere); then the survey
         that command printed decides, as for a resumed case."""
         stats = self._upload(rendered.path, remote, "none", {}, local_files)
-        answer = self.backend.submit_unless_found(
+        answer = submit_new_chain(
+            self.backend,
+            remote,
             case_uid,
             since,
-            remote,
             before=publish_command(remote, from_partial=True),
             also=bundle_listing_command(remote),
         )
@@ -415,9 +416,8 @@ class Submitter:
         """``uploaded``: the whole bundle is in ``<remote>.partial`` already."""
         records, remote_kind, remote_sums = found.records, found.remote_kind, found.remote_sums
         chain, strays = find_chains(records, case_uid, live_only=not known)
-        if uploaded is not None and (chain is not None or remote_kind == "final"):
-            # A chain to adopt, or a bundle uploaded earlier and never submitted (reused as on
-            # a resume): the upload just made is not needed.
+        if uploaded is not None and chain is None and remote_kind == "final":
+            # A bundle uploaded earlier and never submitted: refreshed as on a resume.
             self.files.discard_partial(remote)
             uploaded = None
         if force and (chain or strays):
@@ -438,6 +438,8 @@ class Submitter:
                 remote_dir=remote,
                 adopted=True,
             )
+            if uploaded is not None:
+                self._discard_upload(case_id, remote)
             return SubmitOutcome(case_id, case_uid, "submitted", chain.ids(), adopted=True, remote_dir=remote)
         if strays:
             self._cancel(strays, case_id, "incomplete chain from an interrupted submission")
@@ -491,6 +493,13 @@ class Submitter:
                 self.progress.finish()
         stats.files_skipped = len(local_sums) - len(todo)
         return stats
+
+    def _discard_upload(self, case_id: str, remote: str) -> None:
+        """The upload a found chain made unnecessary goes; the adoption stands either way."""
+        try:
+            self.files.discard_partial(remote)
+        except MqiError as error:
+            self.log(f"{case_id}: could not remove the unneeded upload {remote}.partial ({error}); remove it")
 
     def _cancel(self, job_ids: list[str], case_id: str, reason: str) -> None:
         if not job_ids:

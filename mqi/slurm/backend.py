@@ -114,8 +114,8 @@ class CliBackend:
         submit = f"{before}{commands.submit_command(bundle_dir)}"
         command = commands.submit_unless_found_command(case_uid, since, bundle_dir, submit, also)
         result = self.transport.run(command, timeout=300)
-        head, newline, rest = result.stdout.partition("\n")
-        if head == commands.SUBMITTING and newline:
+        _, marker, rest = f"\n{result.stdout}".partition(f"\n{commands.SUBMITTING}\n")
+        if marker:  # (a login script may print before it)
             return FirstSubmit(_submitted(CommandResult(command, result.returncode, rest, result.stderr)))
         records, listing = _case_jobs_answer(result, also=True)
         return FirstSubmit(None, records, listing)

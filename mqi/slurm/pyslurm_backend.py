@@ -607,10 +607,10 @@ class PyslurmBackend:
     ) -> FirstSubmit:
         """As the command line's: submit unless slurmctld lists a job of the case or
         ``bundle_dir`` exists; else submit nothing and answer as ``case_jobs``."""
-        records, listing = self.case_jobs(case_uid, since, also=also, live_only=True)
+        records, _ = self.case_jobs(case_uid, since, live_only=True)
         names = {job_name(case_uid, step) for step in STEPS}
         if any(record.name in names for record in records) or Path(bundle_dir).exists():
-            return FirstSubmit(None, records, listing)
+            return FirstSubmit(None, records, self.transport.run(also, timeout=120).stdout)
         return FirstSubmit(self.submit_chain(bundle_dir, before=before))
 
     def live_jobs(self) -> list[JobRecord]:

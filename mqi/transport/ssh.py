@@ -266,14 +266,15 @@ class SSHTransport:
         )
 
     def close(self) -> None:
-        with self._connect_lock:
-            if self._sftp is not None:
-                with contextlib.suppress(Exception):
-                    self._sftp.close()
-                self._sftp = None
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        # Not under the connect lock: an interrupt during a background connect must not
+        # wait for its timeouts (the process is stopping).
+        if self._sftp is not None:
+            with contextlib.suppress(Exception):
+                self._sftp.close()
+            self._sftp = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 class PromptSocket(socket.socket):
