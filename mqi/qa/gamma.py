@@ -22,7 +22,7 @@ import numpy as np
 
 from mqi.config import GammaCriterionConfig
 from mqi.qa.grids import DoseGrid, index_coordinates
-from mqi.qa.kernels import gamma_pass, gamma_search
+from mqi.qa.kernels import block_ranges, gamma_pass, gamma_search
 
 DEFAULT_STEPS_PER_DTA = 10
 DEFAULT_MAX_GAMMA = 2.0
@@ -173,6 +173,35 @@ def search_offsets(
     return np.ascontiguousarray(offsets[order]), np.ascontiguousarray(d2[keep][order])
 
 
+Ranges = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]
+
+
+def reach_index_units(distance_mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Index units (k, j, i) to cover ``distance_mm`` plus the voxels interpolation reads."""
+    return np.array([math.ceil(distance_mm / abs(size)) + 1 for size in reversed(spacing)], dtype=np.int64)
+
+
+BlockRanges = tuple[np.ndarray, np.ndarray, np.ndarray, float]
+
+
+def dose_ranges(reference: np.ndarray, evaluated: DoseGrid, distance_mm: float) -> BlockRanges:
+    """The evaluated dose's lowest and highest value per block of about one DTA (for the
+    kernels' bound of the dose term), the block size (k, j, i), and a margin in Gy far
+    above the interpolation's rounding and far below any dose criterion."""
+    values = np.ascontiguousarray(evaluated.values, dtype=np.float64)
+    block = reach_index_units(distance_mm, evaluated.spacing)
+    low, high = block_ranges(values, block)
+    finite = np.abs(values[np.isfinite(values)])
+    scale = max(float(finite.max(initial=0.0)), float(np.abs(reference).max(initial=0.0)))
+    return low, high, block, 1e-9 * scale
+
+
+def _ranges(parts: BlockRanges, distance_mm: float, spacing: tuple[float, float, float]) -> Ranges:
+    """``parts`` with the reach of a search of ``distance_mm``."""
+    low, high, block, margin = parts
+    return low, high, block, reach_index_units(distance_mm, spacing), margin
+
+
 def _search(
     reference: DoseGrid,
     evaluated: DoseGrid,
@@ -181,6 +210,7 @@ def _search(
     criterion: GammaCriterion,
     steps: int,
     max_gamma: float,
+    ranges: BlockRanges,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(gamma, index of the best offset; -1 where none is below max_gamma)."""
     offsets, d2 = search_offsets(criterion.distance_mm, evaluated.spacing, steps, max_gamma)
@@ -193,6 +223,7 @@ def _search(
         d2,
         tolerance,
         max_gamma,
+        _ranges(ranges, max_gamma * criterion.distance_mm, evaluated.spacing),
     )
     return gamma, where
 
@@ -238,7 +269,8 @@ def gamma_index(
     samples = SAMPLES_PER_STEP * steps
     # 1. every voxel on the coarse lattice up to max_gamma: the gamma values
     coarse = coarse_steps(steps)
-    gamma, _ = _search(reference, evaluated, todo, tolerance, criterion, coarse, max_gamma)
+    ranges = dose_ranges(ref, evaluated, criterion.distance_mm)
+    gamma, _ = _search(reference, evaluated, todo, tolerance, criterion, coarse, max_gamma, ranges)
     # 2. the voxels failing there: whether ANY point of the lattice at DTA/(4 steps), a
     #    superset of the first, passes (what an exhaustive search on it decides)
     rest = todo & (gamma > 1.0)
@@ -253,6 +285,7 @@ def gamma_index(
         tolerance,
         offsets,
         bounds,
+        _ranges(ranges, criterion.distance_mm, evaluated.spacing),
     )
     passed = rest & (fine <= 1.0)
     gamma[passed] = fine[passed]

@@ -49,6 +49,66 @@ def trilinear_at(values: np.ndarray, fi: np.ndarray, fj: np.ndarray, fk: np.ndar
 
 
 @njit(cache=True, parallel=True)
+def block_ranges(values: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest dose (NaN ignored) of each block of ``block`` (k, j, i)
+    voxels of ``values``: a coarse map of the dose's range, for :func:`dose_floor`."""
+    nk, nj, ni = values.shape
+    bk, bj, bi = block[0], block[1], block[2]
+    mk, mj, mi = (nk + bk - 1) // bk, (nj + bj - 1) // bj, (ni + bi - 1) // bi
+    low = np.full((mk, mj, mi), np.inf)
+    high = np.full((mk, mj, mi), -np.inf)
+    for kb in prange(mk):
+        for k in range(kb * bk, min((kb + 1) * bk, nk)):
+            for j in range(nj):
+                jb = j // bj
+                for i in range(ni):
+                    value = values[k, j, i]
+                    if value == value:
+                        ib = i // bi
+                        low[kb, jb, ib] = min(low[kb, jb, ib], value)
+                        high[kb, jb, ib] = max(high[kb, jb, ib], value)
+    return low, high
+
+
+@njit(cache=True, inline="always")
+def _block_span(position: float, half: int, block: int, n: int) -> tuple[int, int]:
+    """The blocks holding every voxel a trilinear sample within ``half`` - 1 index units of
+    ``position`` (clamped to the grid) can read."""
+    cell = min(max(math.floor(position), 0), n - 1)
+    return max(cell - half, 0) // block, min(cell + half, n - 1) // block
+
+
+@njit(cache=True, inline="always")
+def dose_floor(
+    ranges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float],
+    fi: float,
+    fj: float,
+    fk: float,
+    ref: float,
+    inv_t2: float,
+    shape: tuple[int, int, int],
+) -> float:
+    """A lower bound of gamma's dose term ((D_e - ref) / tol)^2 at every point within
+    ``half`` - 1 index units (k, j, i) of (fi, fj, fk): trilinear interpolation never leaves
+    the range of the voxels it reads, which the blocks around the point hold. ``ranges``:
+    block lows, block highs, block size and ``half`` (k, j, i), and a margin in Gy that
+    keeps the bound below the interpolated values' rounding."""
+    low, high, block, half, margin = ranges
+    k0, k1 = _block_span(fk, half[0], block[0], shape[0])
+    j0, j1 = _block_span(fj, half[1], block[1], shape[1])
+    i0, i1 = _block_span(fi, half[2], block[2], shape[2])
+    lowest = math.inf
+    highest = -math.inf
+    for kb in range(k0, k1 + 1):
+        for jb in range(j0, j1 + 1):
+            for ib in range(i0, i1 + 1):
+                lowest = min(lowest, low[kb, jb, ib])
+                highest = max(highest, high[kb, jb, ib])
+    gap = max(lowest - ref, ref - highest) - margin
+    return gap * gap * inv_t2 if gap > 0.0 else 0.0
+
+
+@njit(cache=True, parallel=True)
 def gamma_search(
     reference: np.ndarray,
     evaluated: np.ndarray,
@@ -60,6 +120,7 @@ def gamma_search(
     offset_d2: np.ndarray,
     dose_tolerance: np.ndarray,
     max_gamma: float,
+    ranges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gamma of every reference voxel where ``todo`` is set (NaN elsewhere), and the index
     of the offset where it was found (-1: none below max_gamma).
@@ -69,13 +130,20 @@ def gamma_search(
     that term alone reaches the best gamma^2 found (nothing further can be lower) or
     max_gamma^2, which is then the voxel's value. ``dose_tolerance`` holds the dose
     criterion in Gy per reference voxel (one value for global gamma). A voxel whose whole
-    search region lies outside the evaluated grid gets +inf (no evaluated dose within reach)."""
+    search region lies outside the evaluated grid gets +inf (no evaluated dose within reach).
+
+    ``ranges`` (block lows, block highs, block size, reach in index units + 1, margin; see
+    :func:`block_ranges`): once a voxel's search passes one DTA without a pass, a lower
+    bound of its dose term over the rest of its region is added to the distance term of
+    the stop test, so a voxel whose neighbourhood's dose is far from its own stops at once
+    (a voxel that passes never computes it)."""
     nk, nj, ni = reference.shape
     ek, ej, ei = evaluated.shape
     out = np.full(reference.shape, np.nan)
     where = np.full(reference.shape, -1, dtype=np.int64)
     local = dose_tolerance.size > 1
     limit = max_gamma * max_gamma
+    shape = (ek, ej, ei)
     for k in prange(nk):
         for j in range(nj):
             for i in range(ni):
@@ -89,16 +157,21 @@ def gamma_search(
                 base_k = ref_fk[k]
                 best = limit
                 found = False
+                floor2 = -1.0  # not computed yet
                 for n in range(offset_d2.size):
                     d2 = offset_d2[n]
                     if d2 >= best:
                         break
+                    if floor2 < 0.0 and d2 > 1.0:
+                        floor2 = dose_floor(ranges, base_i, base_j, base_k, ref, inv_tol2, shape)
                     fi = base_i + offsets[n, 0]
                     fj = base_j + offsets[n, 1]
                     fk = base_k + offsets[n, 2]
                     if fi < 0.0 or fj < 0.0 or fk < 0.0 or fi > ei - 1 or fj > ej - 1 or fk > ek - 1:
                         continue
                     found = True
+                    if d2 + floor2 >= best:
+                        break  # neither this point nor any farther one can do better
                     diff = _trilinear(evaluated, fi, fj, fk) - ref
                     g2 = d2 + diff * diff * inv_tol2
                     if g2 < best:
@@ -163,6 +236,7 @@ def gamma_pass(
     dose_tolerance: np.ndarray,
     cell_order: np.ndarray,
     cell_bound: np.ndarray,
+    ranges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float],
 ) -> np.ndarray:
     """Whether gamma <= 1 for every reference voxel where ``todo`` is set, over EVERY point
     of the lattice at DTA/``samples`` within one DTA of it, as an exhaustive search of that
@@ -172,7 +246,9 @@ def gamma_pass(
     ``steps`` is DTA/``samples`` in evaluated index units per axis, ``dose_tolerance`` the
     dose criterion in Gy per reference voxel (one value for global gamma). ``cell_order``
     (n, 3) are evaluated-cell offsets from the cell holding the reference point, sorted by
-    ``cell_bound``, a lower bound of their squared distance from it in DTA^2.
+    ``cell_bound``, a lower bound of their squared distance from it in DTA^2. ``ranges``
+    (as for :func:`gamma_search`, reaching one DTA) bound the voxel's dose term: with
+    ``cell_bound`` they end its search once no further cell can hold a pass.
 
     Branch and bound over boxes of lattice points inside one evaluated cell, cells nearest
     first. Trilinear interpolation restricted to a box is the trilinear blend of the box's
@@ -189,6 +265,7 @@ def gamma_pass(
     s2 = samples * samples
     inv_s2 = 1.0 / s2
     capacity = 1024  # depth-first: one box per split level, far below this
+    shape = (ek, ej, ei)
     for k in prange(nk):
         boxes = np.empty((capacity, 6), dtype=np.int64)
         v = np.empty((2, 2, 2))
@@ -203,8 +280,9 @@ def gamma_pass(
                 pi, pj, pk = ref_fi[i], ref_fj[j], ref_fk[k]
                 home_i, home_j, home_k = math.floor(pi), math.floor(pj), math.floor(pk)
                 best = math.inf
+                floor2 = dose_floor(ranges, pi, pj, pk, ref, inv_t2, shape)
                 for n in range(cell_bound.size):
-                    if cell_bound[n] > 1.0 or best <= 1.0:
+                    if cell_bound[n] + floor2 > 1.0 or best <= 1.0:
                         break
                     ci = home_i + cell_order[n, 0]
                     cj = home_j + cell_order[n, 1]

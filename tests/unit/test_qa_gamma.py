@@ -9,9 +9,16 @@ import pytest
 from numba import njit
 from scipy.ndimage import gaussian_filter
 
-from mqi.qa.gamma import GammaCriterion, gamma_index, parse_criterion
+from mqi.qa.gamma import (
+    GammaCriterion,
+    dose_ranges,
+    gamma_index,
+    parse_criterion,
+    reach_index_units,
+    search_offsets,
+)
 from mqi.qa.grids import DoseGrid, index_coordinates, read_dose, sum_doses
-from mqi.qa.kernels import trilinear_at
+from mqi.qa.kernels import dose_floor, gamma_search, trilinear_at
 from tests.unit.qa_fixtures import aptg_beam_doses, aptg_plan_dose
 
 
@@ -204,3 +211,52 @@ def test_within_0_1_points_of_pymedphys_on_the_cropped_aptg_pair(aptg, text, dos
     assert ours.evaluated_voxels == np.count_nonzero(valid)
     assert ours.pass_rate == pytest.approx(theirs, abs=0.2)
     assert finer.pass_rate == pytest.approx(theirs, abs=0.2)
+
+
+# --- the bound of the dose term ----------------------------------------------------------
+def test_the_dose_floor_never_exceeds_the_dose_term_within_its_reach() -> None:
+    rng = np.random.default_rng(7)
+    values = gaussian_filter(rng.random((12, 14, 16)), sigma=1.0) * 3.0
+    values[2, 3, 4] = np.nan  # a missing dose is ignored, never a bound
+    grid = DoseGrid(values, np.arange(16) * 2.0, np.arange(14) * 2.0, np.arange(12) * 2.0)
+    low, high, block, margin = dose_ranges(values, grid, 3.0)
+    for reach_mm in (3.0, 6.0):
+        ranges = (low, high, block, reach_index_units(reach_mm, grid.spacing), margin)
+        for _ in range(300):
+            point = rng.uniform(-3.0, [17.0, 15.0, 13.0])  # i, j, k; some outside the grid
+            ref, tol = rng.uniform(0.0, 3.0), rng.uniform(0.01, 0.5)
+            floor2 = dose_floor(ranges, *point, ref, 1.0 / tol**2, values.shape)
+            reach = reach_mm / 2.0
+            samples = point + rng.uniform(-reach, reach, (400, 3))
+            inside = samples[np.linalg.norm(samples - point, axis=1) <= reach]
+            doses = np.array([trilinear_at(values, *(np.array([c]) for c in s)).item() for s in inside])
+            terms = ((doses[np.isfinite(doses)] - ref) / tol) ** 2
+            assert np.all(terms >= floor2), (point, ref, tol)
+
+
+def test_the_dose_floor_changes_no_gamma_value() -> None:
+    # A pair that fails widely (scaled by 0.7): most voxels end their search on the bound.
+    reference, evaluated = smooth_random_pair(3)
+    evaluated = evaluated.scaled(0.7)
+    criterion = parse_criterion("3%/3mm/10%")
+    ref = np.ascontiguousarray(reference.values)
+    values = np.ascontiguousarray(evaluated.values)
+    todo = ref >= 0.1 * ref.max()
+    tolerance = np.array([0.03 * ref.max()])
+    offsets, d2 = search_offsets(3.0, evaluated.spacing, 5, 2.0)
+    indices = (
+        index_coordinates(evaluated, reference.x, "x"),
+        index_coordinates(evaluated, reference.y, "y"),
+        index_coordinates(evaluated, reference.z, "z"),
+    )
+    low, high, block, margin = dose_ranges(ref, evaluated, criterion.distance_mm)
+    reach = reach_index_units(2.0 * criterion.distance_mm, evaluated.spacing)
+    unbounded = (np.full_like(low, -np.inf), np.full_like(high, np.inf), block, reach, margin)
+    ranges = (low, high, block, reach, margin)
+    bounded, _ = gamma_search(ref, values, todo, *indices, offsets, d2, tolerance, 2.0, ranges)
+    plain, _ = gamma_search(ref, values, todo, *indices, offsets, d2, tolerance, 2.0, unbounded)
+    assert np.mean(bounded[todo] > 1.0) > 0.5
+    np.testing.assert_array_equal(bounded, plain)
+    # the second pass decides with the bound too: still what an exhaustive search decides
+    exhaustive = brute_force_pass_rate(reference, evaluated, criterion, steps=40)
+    assert gamma_index(reference, evaluated, criterion).pass_rate == pytest.approx(exhaustive, abs=0.05)
