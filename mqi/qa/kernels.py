@@ -121,6 +121,7 @@ def gamma_search(
     dose_tolerance: np.ndarray,
     max_gamma: float,
     ranges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float],
+    within_one: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gamma of every reference voxel where ``todo`` is set (NaN elsewhere), and the index
     of the offset where it was found (-1: none below max_gamma).
@@ -133,10 +134,11 @@ def gamma_search(
     search region lies outside the evaluated grid gets +inf (no evaluated dose within reach).
 
     ``ranges`` (block lows, block highs, block size, reach in index units + 1, margin; see
-    :func:`block_ranges`): once a voxel's search passes one DTA without a pass, a lower
-    bound of its dose term over the rest of its region is added to the distance term of
-    the stop test, so a voxel whose neighbourhood's dose is far from its own stops at once
-    (a voxel that passes never computes it)."""
+    :func:`block_ranges`) and ``within_one`` (how many offsets lie within one DTA): once a
+    voxel's search passes one DTA without a pass, a lower bound of its dose term over the
+    rest of its region is added to the distance term of the stop test, so a voxel whose
+    neighbourhood's dose is far from its own stops at once (a voxel that passes never
+    computes it)."""
     nk, nj, ni = reference.shape
     ek, ej, ei = evaluated.shape
     out = np.full(reference.shape, np.nan)
@@ -156,28 +158,48 @@ def gamma_search(
                 base_j = ref_fj[j]
                 base_k = ref_fk[k]
                 best = limit
-                found = False
-                floor2 = -1.0  # not computed yet
-                for n in range(offset_d2.size):
+                for n in range(within_one):  # the distance term alone bounds the rest
                     d2 = offset_d2[n]
                     if d2 >= best:
                         break
-                    if floor2 < 0.0 and d2 > 1.0:
-                        floor2 = dose_floor(ranges, base_i, base_j, base_k, ref, inv_tol2, shape)
                     fi = base_i + offsets[n, 0]
                     fj = base_j + offsets[n, 1]
                     fk = base_k + offsets[n, 2]
                     if fi < 0.0 or fj < 0.0 or fk < 0.0 or fi > ei - 1 or fj > ej - 1 or fk > ek - 1:
                         continue
-                    found = True
-                    if d2 + floor2 >= best:
-                        break  # neither this point nor any farther one can do better
                     diff = _trilinear(evaluated, fi, fj, fk) - ref
                     g2 = d2 + diff * diff * inv_tol2
                     if g2 < best:
                         best = g2
                         where[k, j, i] = n
-                out[k, j, i] = math.sqrt(best) if found else math.inf
+                if within_one < offset_d2.size and offset_d2[within_one] < best:
+                    # failed within one DTA: a bound of the dose term joins the distance term
+                    floor2 = dose_floor(ranges, base_i, base_j, base_k, ref, inv_tol2, shape)
+                    for n in range(within_one, offset_d2.size):
+                        d2 = offset_d2[n]
+                        if d2 + floor2 >= best:
+                            break  # neither this point nor any farther one can do better
+                        fi = base_i + offsets[n, 0]
+                        fj = base_j + offsets[n, 1]
+                        fk = base_k + offsets[n, 2]
+                        if fi < 0.0 or fj < 0.0 or fk < 0.0 or fi > ei - 1 or fj > ej - 1 or fk > ek - 1:
+                            continue
+                        diff = _trilinear(evaluated, fi, fj, fk) - ref
+                        g2 = d2 + diff * diff * inv_tol2
+                        if g2 < best:
+                            best = g2
+                            where[k, j, i] = n
+                if best < limit:
+                    out[k, j, i] = math.sqrt(best)
+                else:  # max_gamma, or +inf when no sample point lies on the evaluated grid
+                    out[k, j, i] = math.inf
+                    for n in range(offset_d2.size):
+                        fi = base_i + offsets[n, 0]
+                        fj = base_j + offsets[n, 1]
+                        fk = base_k + offsets[n, 2]
+                        if 0.0 <= fi <= ei - 1 and 0.0 <= fj <= ej - 1 and 0.0 <= fk <= ek - 1:
+                            out[k, j, i] = max_gamma
+                            break
     return out, where
 
 

@@ -253,8 +253,9 @@ def test_the_dose_floor_changes_no_gamma_value() -> None:
     reach = reach_index_units(2.0 * criterion.distance_mm, evaluated.spacing)
     unbounded = (np.full_like(low, -np.inf), np.full_like(high, np.inf), block, reach, margin)
     ranges = (low, high, block, reach, margin)
-    bounded, _ = gamma_search(ref, values, todo, *indices, offsets, d2, tolerance, 2.0, ranges)
-    plain, _ = gamma_search(ref, values, todo, *indices, offsets, d2, tolerance, 2.0, unbounded)
+    within_one = int(np.searchsorted(d2, 1.0, side="right"))
+    bounded, _ = gamma_search(ref, values, todo, *indices, offsets, d2, tolerance, 2.0, ranges, within_one)
+    plain, _ = gamma_search(ref, values, todo, *indices, offsets, d2, tolerance, 2.0, unbounded, within_one)
     assert np.mean(bounded[todo] > 1.0) > 0.5
     np.testing.assert_array_equal(bounded, plain)
     # the second pass decides with the bound too: still what an exhaustive search decides
