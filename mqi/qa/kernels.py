@@ -158,10 +158,14 @@ def gamma_search(
                 base_j = ref_fj[j]
                 base_k = ref_fk[k]
                 best = limit
-                for n in range(within_one):  # the distance term alone bounds the rest
+                floor2 = 0.0  # within one DTA the distance term alone bounds the rest
+                for n in range(offset_d2.size):
                     d2 = offset_d2[n]
-                    if d2 >= best:
-                        break
+                    if n == within_one and d2 < best:
+                        # failed within one DTA: a bound of the dose term joins the distance term
+                        floor2 = dose_floor(ranges, base_i, base_j, base_k, ref, inv_tol2, shape)
+                    if d2 + floor2 >= best:
+                        break  # neither this point nor any farther one can do better
                     fi = base_i + offsets[n, 0]
                     fj = base_j + offsets[n, 1]
                     fk = base_k + offsets[n, 2]
@@ -172,23 +176,6 @@ def gamma_search(
                     if g2 < best:
                         best = g2
                         where[k, j, i] = n
-                if within_one < offset_d2.size and offset_d2[within_one] < best:
-                    # failed within one DTA: a bound of the dose term joins the distance term
-                    floor2 = dose_floor(ranges, base_i, base_j, base_k, ref, inv_tol2, shape)
-                    for n in range(within_one, offset_d2.size):
-                        d2 = offset_d2[n]
-                        if d2 + floor2 >= best:
-                            break  # neither this point nor any farther one can do better
-                        fi = base_i + offsets[n, 0]
-                        fj = base_j + offsets[n, 1]
-                        fk = base_k + offsets[n, 2]
-                        if fi < 0.0 or fj < 0.0 or fk < 0.0 or fi > ei - 1 or fj > ej - 1 or fk > ek - 1:
-                            continue
-                        diff = _trilinear(evaluated, fi, fj, fk) - ref
-                        g2 = d2 + diff * diff * inv_tol2
-                        if g2 < best:
-                            best = g2
-                            where[k, j, i] = n
                 if best < limit:
                     out[k, j, i] = math.sqrt(best)
                 else:  # max_gamma, or +inf when no sample point lies on the evaluated grid
