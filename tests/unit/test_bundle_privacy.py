@@ -121,7 +121,16 @@ from mqi.intake import read_case
 case, out = Path(sys.argv[1]), Path(sys.argv[2])
 result = read_case(case)
 assert result.case is not None, result.errors
+import time
+import mqi.render
 from mqi.render import render_bundle
+write_slice = mqi.render._write_ct_bytes
+def held_open(*args, **kwargs):
+    # Each CT slice waits a little, so the render is still writing when the test's signal
+    # comes, however late a busy machine lets the test send it.
+    time.sleep(0.1)
+    return write_slice(*args, **kwargs)
+mqi.render._write_ct_bytes = held_open
 print("ready", flush=True)
 render_bundle(result.case, parse_config({"state_dir": str(out.parent / "state")}), out)
 print("done", flush=True)
@@ -130,9 +139,10 @@ print("done", flush=True)
 
 @pytest.fixture(scope="module")
 def slow_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An unsigned CT big enough that its int16 rewrite takes a while."""
+    """An unsigned CT (rewritten as int16 slice by slice; the test's render holds each
+    slice open 0.1 s, about 6 s in all)."""
     folder = tmp_path_factory.mktemp("slow") / "case"
-    build_case(folder, ct_shape=(256, 256, 160), unsigned_ct=True, with_tps_dose=False)
+    build_case(folder, ct_shape=(64, 64, 60), unsigned_ct=True, with_tps_dose=False)
     return folder
 
 
