@@ -145,10 +145,12 @@ class Poller:
     def _known(self, jobs: list[Job]) -> _Known:
         """What the store knows besides the jobs: each job's expected name, each array's beams."""
         uids = self.store.case_uids(job.case_id for job in jobs)
-        beams = self.store.beams_by_case(job.case_id for job in jobs if job.step == "simulate")
+        arrays = [job.case_id for job in jobs if job.step == "simulate"]
+        beams = self.store.beams_by_case(arrays)
         return _Known(
             names={job.job_id: slurm.job_name(uids.get(job.case_id, ""), job.step) for job in jobs},
             beams={(case_id, b.job_id): b for case_id, found in beams.items() for b in found if b.job_id},
+            delivered=self.store.delivered_case_ids(arrays) if arrays else set(),
         )
 
     def _mirror(self, jobs: list[Job], known: _Known, answer: QueryAnswer, report: PollReport) -> set[str]:
@@ -168,7 +170,7 @@ class Poller:
             plain = records.get(job.job_id)
             own = [plain] if plain is not None and plain.name == name else []
             own += [r for r in tasks_of.get(job.job_id, no_tasks) if r.name == name]
-            self._mirror_job(job, own, known.beams, changes)
+            self._mirror_job(job, own, known, changes)
         with self.store.transaction():  # one sync instead of hundreds
             self.store.update_jobs(changes.jobs)
             self.store.update_beams(changes.beams)
@@ -177,9 +179,7 @@ class Poller:
             self._dependency_never_satisfied(job, report)
         return changes.touched
 
-    def _mirror_job(
-        self, job: Job, own: list[JobRecord], beams: dict[tuple[str, str], Beam], changes: _Changes
-    ) -> None:
+    def _mirror_job(self, job: Job, own: list[JobRecord], known: _Known, changes: _Changes) -> None:
         if not own:
             if not changes.accounting_down:  # squeue alone cannot tell finished from lost
                 self._maybe_lost(job, changes)
@@ -187,7 +187,8 @@ class Poller:
         if job.step == "simulate":
             own = _as_tasks(own, job.array_indices)
             phased = [(record, *slurm.phase_of(record)) for record in own]
-            _mirror_tasks(job, phased, beams, changes)
+            delivered = job.case_id in known.delivered
+            _mirror_tasks(job, phased, known.beams, changes, delivered=delivered)
             expected = slurm.array_size(job.array_indices) if job.array_indices else 1
             finished = len(own) >= expected and all(phase in slurm.TERMINAL for _, phase, _ in phased)
             state = slurm.array_state(r.state for r in own)
@@ -499,6 +500,7 @@ class _Background(Generic[_T]):
 class _Known:
     names: dict[str, str]  # job id -> the name its job must carry
     beams: dict[tuple[str, str], Beam]  # (case id, array task id) -> the beam it computes
+    delivered: set[str]  # cases whose results came home: their beams' outcomes are the post job's
 
 
 @dataclass
@@ -538,28 +540,37 @@ def _mirror_tasks(
     tasks: list[tuple[JobRecord, Phase, str | None]],
     beams: dict[tuple[str, str], Beam],
     changes: _Changes,
+    *,
+    delivered: bool = False,
 ) -> None:
-    """Array tasks (each with its phase and reason) onto the beams that point at them."""
+    """Array tasks (each with its phase and reason) onto the beams that point at them.
+
+    ``delivered``: the case's results came home, and its beams' outcomes are the post job's
+    (the exit code from the beam's own file: Slurm before 25.11 shows one of 128 or more
+    minus 128). Slurm's state, node and times are still recorded, and its reason where it
+    ended the task itself."""
     for record, phase, reason in tasks:
         beam = beams.get((job.case_id, record.job_id))
         if beam is None or (beam.status in TERMINAL_BEAM_STATUSES and beam.slurm_state == record.state):
             continue
         if phase is Phase.PENDING and record.reason and not reason:
             reason = f"waiting: {record.reason}"  # Priority, Resources, Dependency, ...
-        status = _TASK_STATUS.get(phase, beam.status)
-        # COMPLETED in Slurm is not yet a dose: the post job's check decides.
-        if status == beam.status and record.state_detail == beam.slurm_state and reason == beam.reason:
-            continue
-        fields: dict[str, Any] = {
-            "status": status,
-            "reason": reason,
-            "slurm_state": record.state_detail,
-            "node": record.node,
-        }
+        fields: dict[str, Any] = {"slurm_state": record.state_detail, "node": record.node}
         if record.start:
             fields["started_at"] = slurm.slurm_time_to_utc_iso(record.start)
         if record.end:
             fields["ended_at"] = slurm.slurm_time_to_utc_iso(record.end)
+        if delivered:
+            if record.state in _SLURM_ENDED and reason:
+                fields["reason"] = reason
+            if any(getattr(beam, name) != value for name, value in fields.items()):
+                changes.beam(beam, fields)
+            continue
+        status = _TASK_STATUS.get(phase, beam.status)
+        # COMPLETED in Slurm is not yet a dose: the post job's check decides.
+        if status == beam.status and record.state_detail == beam.slurm_state and reason == beam.reason:
+            continue
+        fields |= {"status": status, "reason": reason}
         if record.exit_code is not None:
             fields["exit_code"] = record.exit_code
         changes.beam(beam, fields)

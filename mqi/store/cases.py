@@ -46,6 +46,17 @@ class CaseQueries(Database):
         sql = f"SELECT case_id, case_uid FROM cases WHERE case_id IN {_ANY_OF}"
         return dict(self._conn.execute(sql, [_json_list(case_ids)]).fetchall())
 
+    def delivered_case_ids(self, case_ids: Iterable[str]) -> set[str]:
+        """Those of these cases whose latest submission's results came home and settled them
+        (a retry resubmits, and so leaves this set until its own delivery)."""
+        terminal = sorted(TERMINAL_CASE_STATUSES)
+        sql = (
+            f"SELECT case_id FROM cases WHERE case_id IN {_ANY_OF}"
+            f" AND status IN ({', '.join('?' * len(terminal))})"
+            " AND delivered_at IS NOT NULL AND delivered_at >= COALESCE(submitted_at, '')"
+        )
+        return {case_id for (case_id,) in self._conn.execute(sql, [_json_list(case_ids), *terminal])}
+
     def cases_by_id(self, case_ids: Iterable[str]) -> dict[str, Case]:
         """These cases in one query (ids not recorded are left out)."""
         cases = self._records(Case, f"SELECT * FROM cases WHERE case_id IN {_ANY_OF}", [_json_list(case_ids)])

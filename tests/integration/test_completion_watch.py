@@ -12,12 +12,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
 
 import mqi
-from mqi.slurm.backend import CliBackend
+from mqi.slurm.backend import CliBackend, QueryAnswer
+from mqi.slurm.states import TERMINAL_STATES
 from mqi.testing.synthetic import build_case
 from tests.helpers import cancel_case_jobs
 
@@ -26,18 +28,27 @@ pytestmark = pytest.mark.cluster
 MIRROR_SECONDS = 60.0  # the shipped poll.interval_seconds
 
 
+class Query(NamedTuple):
+    at: float  # time.time() when it was asked
+    unfinished: bool  # Slurm's answer still had a job not ended (or no answer)
+
+
 @pytest.fixture
-def slurm_queries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """When each poll query (sacct + squeue) ran: the real one, counted."""
-    times: list[float] = []
+def slurm_queries(monkeypatch: pytest.MonkeyPatch) -> list[Query]:
+    """Each poll query (sacct + squeue): the real one, noted with what it answered."""
+    queries: list[Query] = []
     query = CliBackend.query
 
-    def counted(self: CliBackend, *args: object, **kwargs: object) -> object:
-        times.append(time.time())
-        return query(self, *args, **kwargs)  # type: ignore[arg-type]
+    def counted(self: CliBackend, *args: object, **kwargs: object) -> QueryAnswer:
+        at = time.time()
+        answer = query(self, *args, **kwargs)  # type: ignore[arg-type]
+        records = answer.records
+        unfinished = records is None or any(r.state not in TERMINAL_STATES for r in records.values())
+        queries.append(Query(at, unfinished))
+        return answer
 
     monkeypatch.setattr(CliBackend, "query", counted)
-    return times
+    return queries
 
 
 @pytest.fixture
@@ -71,18 +82,27 @@ def _marker(session: mqi.Session, case_id: str) -> Path:
     return Path(case.remote_dir) / "results" / "post.done"  # the dev cluster's disk is this one
 
 
-def _assert_queries_only_on_interval(queries: list[float], start: float, ended: float) -> None:
+def _assert_queries_only_on_interval(queries: list[Query], start: float, ended: float) -> None:
     """While only waiting for the post job to end, at most one Slurm query per mirror
     interval (the first at start). The mirror that follows a completion is not waiting: it
     may start before a thread polling for the results folder notices it, so the cut is the
     post job's last write, not the folder's arrival."""
-    waiting = [at for at in queries if at < ended]
+    waiting = [q for q in queries if q.at < ended]
     allowed = 1 + int((ended - start) / MIRROR_SECONDS)
     assert len(waiting) <= allowed, f"{len(waiting)} Slurm queries in {ended - start:.0f}s of waiting"
 
 
+def _assert_settling_only_while_jobs_end(queries: list[Query], ended: float) -> None:
+    """After the completion: one mirror, and another only while Slurm's last answer still
+    had a job ending (the post job's epilogue can outlast its last write)."""
+    after = [q for q in queries if q.at >= ended]
+    assert after, "one mirror on completion"
+    answered_done = [q for q in after[:-1] if not q.unfinished]
+    assert not answered_done, "Slurm asked again after its answer showed every job ended"
+
+
 def test_poll_wait_brings_results_home_as_the_post_job_ends(
-    make_config: Callable[..., Path], tmp_path: Path, slurm_queries: list[float], uids: list[str]
+    make_config: Callable[..., Path], tmp_path: Path, slurm_queries: list[Query], uids: list[str]
 ) -> None:
     config = make_config(poll={"interval_seconds": MIRROR_SECONDS, "watch_seconds": 0.25})
     case_dir = tmp_path / "Watched"
@@ -105,13 +125,39 @@ def test_poll_wait_brings_results_home_as_the_post_job_ends(
     assert late <= 1.0, f"results on disk {late:.2f}s after the post job's last write"
     assert any("completion watch on" in m for m in messages), messages
     _assert_queries_only_on_interval(slurm_queries, start, marker.stat().st_mtime)
-    assert len(slurm_queries) <= 2 + int((time.time() - start) / MIRROR_SECONDS), "one more on completion"
+    _assert_settling_only_while_jobs_end(slurm_queries, marker.stat().st_mtime)
     assert connections == 1, "the watch rides on the one SSH connection"
     assert sorted(p.name for p in Path(status["results_dir"]).glob("*.dcm")) == [
         "RD.beam1.dcm",
         "RD.beam2.dcm",
         "RD.plan.dcm",
     ]
+
+
+def test_a_failed_beam_keeps_the_post_jobs_answer_through_later_mirrors(
+    make_config: Callable[..., Path], tmp_path: Path, uids: list[str]
+) -> None:
+    """The watch delivers before any mirror sees the failed task; the mirrors after it add
+    Slurm's state but keep the post job's answer: the engine's own exit code (sacct before
+    Slurm 25.11 shows 134 as 6) and its message."""
+    standin = os.environ["MQI_TEST_STANDIN"]
+    config = make_config(
+        poll={"interval_seconds": MIRROR_SECONDS, "watch_seconds": 0.25},
+        moqui={"command": f"{standin} --fail-beams 2 --fail-mode 134"},
+    )
+    case_dir = tmp_path / "Failing"
+    build_case(case_dir, ct_shape=(32, 32, 20), layers=2, spots_per_layer=9)
+    with mqi.open(config) as session:
+        outcome = session.submit(case_dir)
+        uids.append(outcome.case_uid)
+        session.poll_until_done(timeout=300)
+        session.poll()
+        status = session.status(outcome.case_id)
+    beams = {beam["number"]: beam for beam in status["beams"]}
+    assert status["status"] == "failed", status
+    answer = {n: (b["status"], b["slurm_state"], b["exit_code"]) for n, b in beams.items()}
+    assert answer == {1: ("completed", "COMPLETED", 0), 2: ("failed", "FAILED", 134)}
+    assert beams[2]["reason"] == "engine exit 134: Injected failure for beam 2 (stand-in --fail-mode 134)."
 
 
 def _kill_sshd_session_of(session: mqi.Session) -> None:
@@ -135,7 +181,7 @@ def _kill_sshd_session_of(session: mqi.Session) -> None:
 
 
 def test_mqi_run_survives_a_dropped_connection_and_still_delivers(
-    make_config: Callable[..., Path], tmp_path: Path, slurm_queries: list[float], uids: list[str]
+    make_config: Callable[..., Path], tmp_path: Path, slurm_queries: list[Query], uids: list[str]
 ) -> None:
     config = make_config(poll={"interval_seconds": MIRROR_SECONDS, "watch_seconds": 0.25})
     messages: list[str] = []
