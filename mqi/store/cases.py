@@ -48,12 +48,13 @@ class CaseQueries(Database):
 
     def delivered_case_ids(self, case_ids: Iterable[str]) -> set[str]:
         """Those of these cases whose latest submission's results came home and settled them
-        (a retry resubmits, and so leaves this set until its own delivery)."""
+        (a retry resubmits, and so leaves this set until its own delivery; times are to the
+        second, and a retry in its delivery's second counts as the newer)."""
         terminal = sorted(TERMINAL_CASE_STATUSES)
         sql = (
             f"SELECT case_id FROM cases WHERE case_id IN {_ANY_OF}"
             f" AND status IN ({', '.join('?' * len(terminal))})"
-            " AND delivered_at IS NOT NULL AND delivered_at >= COALESCE(submitted_at, '')"
+            " AND delivered_at > COALESCE(submitted_at, '')"
         )
         return {case_id for (case_id,) in self._conn.execute(sql, [_json_list(case_ids), *terminal])}
 

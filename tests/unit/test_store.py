@@ -445,6 +445,22 @@ def test_cheap_lookups_for_the_poller(tmp_path: Path) -> None:
     assert store.case_uids(["c1", "c2", "nope"]) == {"c1": "uid-c1", "c2": "uid-c2"}
 
 
+def test_delivered_cases_are_those_whose_latest_submission_came_home(store: Store) -> None:
+    for case_id in ("done", "retried", "running", "never"):
+        _new_case(store, case_id)
+        store.update_case(case_id, status="submitted", submitted_at="2026-11-30T10:00:00Z")
+    store.update_case("done", status="failed", delivered_at="2026-11-30T10:05:00Z")
+    # Delivered, then retried in the delivery's second and failed again before its own delivery.
+    store.update_case("retried", status="failed", delivered_at="2026-11-30T10:05:00Z")
+    store.update_case("retried", status="submitted", submitted_at="2026-11-30T10:05:00Z")
+    store.update_case("retried", status="failed")
+    store.update_case("running", status="running", delivered_at="2026-11-30T10:05:00Z")
+    store.update_case("never", status="failed")
+    ids = ["done", "retried", "running", "never", "unknown"]
+    assert store.delivered_case_ids(ids) == {"done"}
+    assert store.delivered_case_ids([]) == set()
+
+
 def test_bulk_mirror_writes_record_what_changed_and_nothing_else(store: Store) -> None:
     """The poller's writes: many jobs and beams in one go, events only for real changes."""
     for case_id in ("c1", "c2"):
