@@ -148,7 +148,7 @@ class Poller:
         arrays = [job.case_id for job in jobs if job.step == "simulate"]
         beams = self.store.beams_by_case(arrays)
         return _Known(
-            names={job.job_id: slurm.job_name(uids.get(job.case_id, ""), job.step) for job in jobs},
+            uids=uids,
             beams={(case_id, b.job_id): b for case_id, found in beams.items() for b in found if b.job_id},
             delivered=self.store.delivered_case_ids(arrays) if arrays else set(),
         )
@@ -163,13 +163,14 @@ class Poller:
             if "_" in job_id:
                 tasks_of.setdefault(job_id.partition("_")[0], []).append(record)
         changes = _Changes(accounting_down=answer.accounting_down)
-        names, no_tasks = known.names, ()
+        uids, no_tasks, is_named = known.uids, (), slurm.is_named
         for job in jobs:
             # Ids are recycled after a controller loses its state: match names too.
-            name = names[job.job_id]
-            plain = records.get(job.job_id)
-            own = [plain] if plain is not None and plain.name == name else []
-            own += [r for r in tasks_of.get(job.job_id, no_tasks) if r.name == name]
+            uid = uids.get(job.case_id, "")
+            name, comment = slurm.job_name(uid, job.step), slurm.job_comment(uid)
+            plain, tasks = records.get(job.job_id), tasks_of.get(job.job_id, no_tasks)
+            candidates = tasks if plain is None else [plain, *tasks]
+            own = [r for r in candidates if is_named(r.name, r.comment, name, comment)]
             self._mirror_job(job, own, known, changes)
         with self.store.transaction():  # one sync instead of hundreds
             self.store.update_jobs(changes.jobs)
@@ -498,7 +499,7 @@ class _Background(Generic[_T]):
 
 @dataclass
 class _Known:
-    names: dict[str, str]  # job id -> the name its job must carry
+    uids: dict[str, str]  # case id -> case uid (a job's records carry its name and comment)
     beams: dict[tuple[str, str], Beam]  # (case id, array task id) -> the beam it computes
     delivered: set[str]  # cases whose results came home: their beams' outcomes are the post job's
 

@@ -41,6 +41,18 @@ def job_comment(case_uid: str) -> str:
     return f"mqi:{case_uid}"
 
 
+PLACEHOLDER_NAME = "allocation"
+"""The name slurmdbd stores for a job whose start reached it without a name
+(``as_mysql_job.c``). On a loaded 22.05 cluster sacct showed it for a few seconds for
+finished jobs of mqi's, with their comment intact, before their own name arrived."""
+
+
+def is_named(record_name: str, record_comment: str | None, name: str, comment: str) -> bool:
+    """Whether a record is the job mqi submitted as ``name`` with ``comment``: by its name,
+    or by sacct's placeholder name and the comment."""
+    return record_name == name or (record_name == PLACEHOLDER_NAME and record_comment == comment)
+
+
 def parse_job_name(name: str) -> tuple[str, str] | None:
     """``mqi.<uid>.<step>`` -> (uid, step); None for other jobs."""
     if not name.startswith(JOB_NAME_PREFIX):

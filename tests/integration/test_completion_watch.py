@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +19,7 @@ import yaml
 
 import mqi
 from mqi.slurm.backend import CliBackend, QueryAnswer
+from mqi.slurm.parse import JobRecord
 from mqi.slurm.states import TERMINAL_STATES
 from mqi.testing.synthetic import build_case
 from tests.helpers import cancel_case_jobs
@@ -30,7 +31,23 @@ MIRROR_SECONDS = 60.0  # the shipped poll.interval_seconds
 
 class Query(NamedTuple):
     at: float  # time.time() when it was asked
-    unfinished: bool  # Slurm's answer still had a job not ended (or no answer)
+    states: dict[str, str] | None  # each job asked about: Slurm's state ("" when not listed)
+
+    @property
+    def unfinished(self) -> bool:
+        """Slurm did not answer, or did not show every job asked about ended."""
+        return self.states is None or any(state not in TERMINAL_STATES for state in self.states.values())
+
+
+def _states(job_ids: list[str], records: dict[str, JobRecord] | None) -> dict[str, str] | None:
+    """Each job's state in Slurm's answer; an array's, its tasks' joined (all must end)."""
+    if records is None:
+        return None
+    states = {}
+    for job_id in job_ids:
+        found = [r.state for key, r in records.items() if key == job_id or key.startswith(f"{job_id}_")]
+        states[job_id] = ",".join(sorted(set(found))) if found else ""
+    return states
 
 
 @pytest.fixture
@@ -39,12 +56,10 @@ def slurm_queries(monkeypatch: pytest.MonkeyPatch) -> list[Query]:
     queries: list[Query] = []
     query = CliBackend.query
 
-    def counted(self: CliBackend, *args: object, **kwargs: object) -> QueryAnswer:
-        at = time.time()
-        answer = query(self, *args, **kwargs)  # type: ignore[arg-type]
-        records = answer.records
-        unfinished = records is None or any(r.state not in TERMINAL_STATES for r in records.values())
-        queries.append(Query(at, unfinished))
+    def counted(self: CliBackend, job_ids: Iterable[str], *args: object, **kwargs: object) -> QueryAnswer:
+        at, asked = time.time(), list(job_ids)
+        answer = query(self, asked, *args, **kwargs)  # type: ignore[arg-type]
+        queries.append(Query(at, _states(asked, answer.records)))
         return answer
 
     monkeypatch.setattr(CliBackend, "query", counted)
@@ -98,7 +113,7 @@ def _assert_settling_only_while_jobs_end(queries: list[Query], ended: float) -> 
     after = [q for q in queries if q.at >= ended]
     assert after, "one mirror on completion"
     answered_done = [q for q in after[:-1] if not q.unfinished]
-    assert not answered_done, "Slurm asked again after its answer showed every job ended"
+    assert not answered_done, f"Slurm asked again after its answer showed every job ended: {after}"
 
 
 def test_poll_wait_brings_results_home_as_the_post_job_ends(

@@ -125,6 +125,24 @@ def test_squeue_running_array_tasks_have_nodes(rec: Recording) -> None:
     assert slurm.phase_of(jobs[f"{rec.array}_2"])[0] is Phase.FAILED
 
 
+def test_a_record_is_a_job_by_its_name_or_by_saccts_placeholder_name_and_the_comment() -> None:
+    # As sacct printed them on the loaded 22.05 dev cluster, seconds apart, for one prepare job.
+    lines = (
+        "122864|122864|allocation|COMPLETED|0:0|2026-11-30T14:45:37|2026-11-30T14:45:37|"
+        "2026-11-30T14:45:37|00:00:00|vm|None|mqi:6e17f29ddb64eba2\n"
+        "122864|122864|mqi.6e17f29ddb64eba2.prepare|COMPLETED|0:0|2026-11-30T14:45:37|"
+        "2026-11-30T14:45:37|2026-11-30T14:45:37|00:00:00|vm|None|mqi:6e17f29ddb64eba2\n"
+    )
+    name, comment = slurm.job_name("6e17f29ddb64eba2", "prepare"), slurm.job_comment("6e17f29ddb64eba2")
+    records = slurm.parse_sacct(lines)
+    assert [slurm.is_named(r.name, r.comment, name, comment) for r in records] == [True, True]
+    placeholder = records[0]
+    other_case = slurm.job_comment("0123456789abcdef")
+    assert not slurm.is_named(placeholder.name, placeholder.comment, name, other_case)
+    assert not slurm.is_named(placeholder.name, None, name, comment)
+    assert not slurm.is_named("mqi.6e17f29ddb64eba2.post", comment, name, comment), "another step"
+
+
 def test_sinfo_partition_line(rec: Recording) -> None:
     info = slurm.parse_partition(rec.read("sinfo_partition.txt"))
     assert info == slurm.PartitionInfo(name="gpu", available=True, gpus_per_node=4, nodes=1)
