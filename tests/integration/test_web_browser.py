@@ -123,7 +123,9 @@ def test_dashboard_on_real_runs(
     standin = os.environ["MQI_TEST_STANDIN"]
     web = {"refresh_seconds": 1}
     poll = {"interval_seconds": POLL_SECONDS, "lost_grace_seconds": 20}
-    config = make_config(poll=poll, web=web)
+    # This case's beams run 20 s, so its jobs are still live when the queue page is read and
+    # while the case list follows them, however slowly a loaded machine starts the processes.
+    config = make_config(poll=poll, web=web, moqui={"command": f"{standin} --seconds 20"})
     good = submit_json(config, build_small(tmp_path, f"Web Good {unique}"))
     # The same store and cluster folder; this case's engine fails beam 2 once (exit 134).
     config = make_config(
