@@ -143,7 +143,8 @@ class Poller:
         return True
 
     def _known(self, jobs: list[Job]) -> _Known:
-        """What the store knows besides the jobs: each job's expected name, each array's beams."""
+        """What the store knows besides the jobs: each case's uid (its jobs' names and comment),
+        each array's beams, and which cases are delivered."""
         uids = self.store.case_uids(job.case_id for job in jobs)
         arrays = [job.case_id for job in jobs if job.step == "simulate"]
         beams = self.store.beams_by_case(arrays)
